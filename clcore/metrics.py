@@ -1,0 +1,72 @@
+"""Continual-learning metrics from an accuracy matrix.
+
+``R[i][j]`` is the accuracy on task j after training on tasks 0..i (0-based), a square
+T x T matrix (rows may be fewer than T while a run is in progress: metrics then describe the
+tasks seen so far, row ``i = len(R) - 1``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+Matrix = Sequence[Sequence[float]]
+
+
+def average_accuracy(R: Matrix) -> float:
+    """Mean accuracy over the tasks seen so far after the last trained task: (1/(i+1)) sum_{j<=i} R[i][j]."""
+    i = len(R) - 1
+    return sum(R[i][: i + 1]) / (i + 1)
+
+
+def forgetting(R: Matrix) -> float:
+    """Average forgetting (Chaudhry et al. 2018, eq. 2-3) after the last row i.
+
+    f_j = max_{l in 0..i-1} R[l][j] - R[i][j] for j < i, averaged over j < i. 0 after one task.
+    """
+    i = len(R) - 1
+    if i == 0:
+        return 0.0
+    return sum(max(R[l][j] for l in range(i)) - R[i][j] for j in range(i)) / i
+
+
+def backward_transfer(R: Matrix) -> float:
+    """BWT (Lopez-Paz & Ranzato 2017): (1/i) sum_{j<i} (R[i][j] - R[j][j]); negative means forgetting."""
+    i = len(R) - 1
+    if i == 0:
+        return 0.0
+    return sum(R[i][j] - R[j][j] for j in range(i)) / i
+
+
+def forward_transfer(R: Matrix, initial: Sequence[float]) -> float:
+    """FWT (Lopez-Paz & Ranzato 2017): (1/i) sum_{j=1..i} (R[j-1][j] - b_j).
+
+    ``initial[j]`` = b_j, the accuracy of the randomly initialised model on task j.
+    """
+    i = len(R) - 1
+    if i == 0:
+        return 0.0
+    return sum(R[j - 1][j] - initial[j] for j in range(1, i + 1)) / i
+
+
+def intransigence(R: Matrix, reference: Sequence[float]) -> float:
+    """Average intransigence (Chaudhry et al. 2018, eq. 4): (1/(i+1)) sum_{k<=i} (a*_k - R[k][k]).
+
+    ``reference[k]`` = a*_k, the accuracy on task k of a reference model (e.g. `joint`) trained with
+    access to all data of tasks 0..k.
+    """
+    i = len(R) - 1
+    return sum(reference[k] - R[k][k] for k in range(i + 1)) / (i + 1)
+
+
+def summary(R: Matrix, initial: Sequence[float] | None = None, reference: Sequence[float] | None = None) -> dict:
+    """All metrics that the available inputs allow, keyed by name."""
+    out = {
+        "average_accuracy": average_accuracy(R),
+        "forgetting": forgetting(R),
+        "bwt": backward_transfer(R),
+    }
+    if initial is not None:
+        out["fwt"] = forward_transfer(R, initial)
+    if reference is not None:
+        out["intransigence"] = intransigence(R, reference)
+    return out

@@ -1,0 +1,79 @@
+"""The regulariser contract every strategy follows.
+
+The training loop (`clcore.train`) calls, for each task::
+
+    strategy.before_task(model, task)
+    for each step:
+        loss = task_loss(model(x), y)            # one forward
+        loss.backward()                          # one backward, task loss only
+        penalty = strategy.add_penalty_grad(model)   # adds d(penalty)/d(theta) to p.grad in place
+        optimizer.step()
+        strategy.after_step(model)
+    strategy.after_task(model, task)
+
+Penalties are quadratic, so their gradient is written analytically into ``p.grad`` after the
+task-loss backward: strategies that need the task-loss gradient alone (RWalk's path integral)
+read it there, with no second forward or backward pass. `penalty(model)` returns the same
+penalty as a differentiable tensor, for tests and for users who want autograd.
+
+State lives in plain tensors; `state_dict()` / `load_state_dict()` work like ``torch.optim``'s,
+so a checkpoint after task k restores the strategy exactly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clcore.data import Task
+
+
+class Strategy:
+    """Fine-tuning: no regulariser. Subclasses override the hooks they need."""
+
+    #: Train on the union of all tasks seen so far (the `joint` upper bound) instead of the current task.
+    trains_on_all_seen_tasks = False
+
+    def before_task(self, model: nn.Module, task: "Task") -> None:
+        """Called before training on ``task``."""
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        """The regulariser's value as a differentiable scalar (0 when there is none)."""
+        return torch.zeros((), device=next(model.parameters()).device)
+
+    def add_penalty_grad(self, model: nn.Module) -> torch.Tensor | None:
+        """Add d(penalty)/d(theta) to each ``p.grad``; return the penalty's value (no graph) or None.
+
+        Called after ``backward()`` of the task loss and before ``optimizer.step()``.
+        """
+        return None
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after every ``optimizer.step()``."""
+
+    def after_task(self, model: nn.Module, task: "Task") -> None:
+        """Called after training on ``task`` (importance estimation happens here)."""
+
+    def importance_norm(self) -> float | None:
+        """L2 norm of the current importance weights, for logging (None when there are none)."""
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
+
+
+class Naive(Strategy):
+    """Plain fine-tuning on each task in turn (the lower bound)."""
+
+
+class Joint(Strategy):
+    """Trains on all data seen so far at every task (the usual upper bound; not a CL method)."""
+
+    trains_on_all_seen_tasks = True

@@ -1,0 +1,253 @@
+"""The training loop: tasks, epochs, batches; evaluation after every task.
+
+`run(config)` trains one model on the benchmark's tasks in order and returns a `Result` with the
+validation and test accuracy matrices and the metrics. Per step it does one forward and one
+backward of the task loss; the strategy then adds its penalty gradient in place
+(see `clcore.strategies.base`). Nothing in the step synchronises with the device: losses are
+kept in a device buffer and checked once per epoch.
+
+A callback receives a `TaskReport` after every task (metrics so far and a function that builds a
+checkpoint); `run(config, resume_from=checkpoint)` continues after that task and gives the same
+result as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from clcore import metrics as M
+from clcore.config import ExperimentConfig, TrainConfig
+from clcore.data import Benchmark, RawData, Split, build_benchmark, load_raw
+from clcore.models import ContinualModel, build_model
+from clcore.strategies import Strategy, build_strategy
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite. ``task``, ``epoch`` and ``step`` are 0-based."""
+
+    def __init__(self, task: int, epoch: int, step: int, value: float):
+        self.task, self.epoch, self.step = task, epoch, step
+        super().__init__(f"non-finite loss ({value}) at task {task}, epoch {epoch}, step {step} of that epoch; "
+                         f"lower train.lr or the strategy's lambda")
+
+
+@dataclass
+class TaskReport:
+    """What a callback sees after task ``task`` (0-based) has been trained and evaluated."""
+
+    task: int
+    n_tasks: int
+    metrics: dict[str, float]
+    val_matrix: list[list[float]]
+    test_matrix: list[list[float]]
+    checkpoint: Callable[[], dict]
+
+    @property
+    def tasks_seen(self) -> int:
+        return self.task + 1
+
+
+@dataclass
+class Result:
+    config: ExperimentConfig
+    val_matrix: list[list[float]]
+    test_matrix: list[list[float]]
+    initial_val: list[float]
+    initial_test: list[float]
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)  # per-task metrics, one dict per task
+    device: str = "cpu"
+    train_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "device": self.device,
+            "train_seconds": self.train_seconds,
+            "val_matrix": self.val_matrix,
+            "test_matrix": self.test_matrix,
+            "initial_val": self.initial_val,
+            "initial_test": self.initial_test,
+            "metrics": self.metrics,
+            "history": self.history,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
+    return device
+
+
+def make_optimizer(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    fused = device.type == "cuda"
+    if train.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=fused)
+    return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
+                           weight_decay=train.weight_decay, fused=fused)
+
+
+@torch.inference_mode()
+def evaluate(model: ContinualModel, splits: Iterable[Split], batch_size: int) -> list[float]:
+    """Accuracy on each split, in eval mode (the model's mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    correct = []
+    sizes = []
+    for split in splits:
+        hits = torch.zeros((), dtype=torch.int64, device=split.y.device)
+        for start in range(0, len(split), batch_size):
+            sl = slice(start, start + batch_size)
+            hits += (model(split.x[sl], split.task_ids[sl]).argmax(1) == split.y[sl]).sum()
+        correct.append(hits)
+        sizes.append(max(len(split), 1))
+    model.train(was_training)
+    return [c / n for c, n in zip(torch.stack(correct).tolist(), sizes)]
+
+
+def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], None]] = (), *,
+        resume_from: Optional[dict] = None, raw: Optional[RawData] = None,
+        benchmark: Optional[Benchmark] = None, reference_accuracy: Optional[list[float]] = None) -> Result:
+    """Train on every task of ``config.benchmark`` in order; return the accuracy matrices and metrics.
+
+    ``raw`` or ``benchmark`` skip loading data (a sweep shares them between trials).
+    ``resume_from`` is a dict made by `TaskReport.checkpoint`. ``reference_accuracy`` (a*_k per task,
+    e.g. from a `joint` run) adds intransigence to the metrics.
+    """
+    config.validate()
+    device = resolve_device(config.train.device)
+    torch.manual_seed(config.seed)
+    if benchmark is None:
+        benchmark = build_benchmark(config.benchmark, raw if raw is not None else load_raw(config.benchmark), device)
+    tasks = benchmark.tasks
+    model = build_model(config.model, input_shape=benchmark.input_shape, scenario=benchmark.scenario,
+                        n_tasks=benchmark.n_tasks, classes_per_task=benchmark.classes_per_task,
+                        mean=benchmark.mean, std=benchmark.std).to(device)
+    strategy: Strategy = build_strategy(config.strategy)
+    optimizer = make_optimizer(model, config.train, device)
+    batch_order = torch.Generator(device=device).manual_seed(config.seed)
+    eval_bs = config.train.eval_batch_size
+    cfg = config.train
+
+    val_rows: list[list[float]] = []
+    test_rows: list[list[float]] = []
+    history: list[dict[str, float]] = []
+    start_task, epochs_trained = 0, 0
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        strategy.load_state_dict(resume_from["strategy"])
+        if resume_from.get("optimizer") is not None:
+            optimizer.load_state_dict(resume_from["optimizer"])
+            for group in optimizer.param_groups:  # hyperparameters come from the (maybe mutated) config
+                group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
+                if "momentum" in group:
+                    group["momentum"] = cfg.momentum
+        _set_rng_state(resume_from["rng"], batch_order, device)
+        val_rows, test_rows = copy.deepcopy(resume_from["val_matrix"]), copy.deepcopy(resume_from["test_matrix"])
+        initial_val, initial_test = resume_from["initial_val"], resume_from["initial_test"]
+        history = copy.deepcopy(resume_from["history"])
+        start_task, epochs_trained = resume_from["next_task"], resume_from["epochs_trained"]
+    else:
+        initial_val = evaluate(model, [t.val for t in tasks], eval_bs)
+        initial_test = evaluate(model, [t.test for t in tasks], eval_bs)
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    started = time.perf_counter()
+    for t in range(start_task, benchmark.n_tasks):
+        task = tasks[t]
+        model.head.set_seen_tasks(max(int(model.head.seen_tasks), t + 1))
+        if t > 0 and cfg.reset_optimizer:
+            optimizer = make_optimizer(model, cfg, device)
+        strategy.before_task(model, task)
+        data = Split.concat([s.train for s in tasks[: t + 1]]) if strategy.trains_on_all_seen_tasks else task.train
+        n = len(data)
+        steps_per_epoch = math.ceil(n / cfg.batch_size)
+        losses = torch.zeros(cfg.epochs, steps_per_epoch, device=device)
+        penalties = torch.zeros(cfg.epochs, steps_per_epoch, device=device)
+        model.train()
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(n, device=device, generator=batch_order)
+            for step in range(steps_per_epoch):
+                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                with autocast:
+                    loss = F.cross_entropy(model(data.x[idx], data.task_ids[idx]), data.y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                penalty = strategy.add_penalty_grad(model)
+                optimizer.step()
+                strategy.after_step(model)
+                losses[epoch, step] = loss.detach()
+                if penalty is not None:
+                    penalties[epoch, step] = penalty
+            _check_finite(losses[epoch], t, epoch)
+            epochs_trained += 1
+        strategy.after_task(model, task)
+
+        val_rows.append(evaluate(model, [s.val for s in tasks], eval_bs))
+        test_rows.append(evaluate(model, [s.test for s in tasks], eval_bs))
+        task_loss, mean_penalty = (v.item() for v in (losses.mean(), penalties.mean()))
+        importance = strategy.importance_norm()
+        task_metrics = {
+            **{f"val_{k}": v for k, v in M.summary(val_rows, initial_val, reference_accuracy).items()},
+            **{f"test_{k}": v for k, v in M.summary(test_rows, initial_test).items()},
+            "val_accuracy_current_task": val_rows[-1][t],
+            "task_loss": task_loss,
+            "penalty": mean_penalty,
+            "penalty_to_loss_ratio": mean_penalty / task_loss if task_loss > 0 else 0.0,
+            "importance_norm": importance if importance is not None else 0.0,
+            "tasks_seen": t + 1,
+            "epochs_trained": epochs_trained,
+        }
+        history.append(task_metrics)
+
+        def checkpoint(next_task=t + 1, epochs_trained=epochs_trained) -> dict:
+            return {
+                "config": config.to_dict(),
+                "next_task": next_task,
+                "epochs_trained": epochs_trained,
+                "model": copy.deepcopy(model.state_dict()),
+                "optimizer": copy.deepcopy(optimizer.state_dict()),
+                "strategy": copy.deepcopy(strategy.state_dict()),
+                "rng": _get_rng_state(batch_order, device),
+                "val_matrix": copy.deepcopy(val_rows), "test_matrix": copy.deepcopy(test_rows),
+                "initial_val": initial_val, "initial_test": initial_test,
+                "history": copy.deepcopy(history),
+            }
+
+        report = TaskReport(t, benchmark.n_tasks, task_metrics, val_rows, test_rows, checkpoint)
+        for callback in callbacks:
+            callback(report)
+
+    return Result(config, val_rows, test_rows, initial_val, initial_test, dict(history[-1]) if history else {},
+                  history, str(device), time.perf_counter() - started)
+
+
+def _check_finite(losses: torch.Tensor, task: int, epoch: int) -> None:
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):
+        step = int((~finite).nonzero()[0, 0])
+        raise TrainingDivergedError(task, epoch, step, float(losses[step]))
+
+
+def _get_rng_state(batch_order: torch.Generator, device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "batch_order": batch_order.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, batch_order: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    batch_order.set_state(state["batch_order"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

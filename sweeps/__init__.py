@@ -1,0 +1,1 @@
+"""sweeps: the Ray Tune sweep service."""
