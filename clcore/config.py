@@ -33,7 +33,11 @@ class ConfigError(ValueError):
 
     def __init__(self, field_path: str, message: str):
         self.field = field_path
+        self.message = message
         super().__init__(f"{field_path}: {message}")
+
+    def __reduce__(self):  # picklable (a sweep trial's error travels from a Ray worker to the driver)
+        return type(self), (self.field, self.message)
 
 
 BENCHMARKS = (
@@ -97,10 +101,6 @@ def _require(cond: bool, field_path: str, message: str) -> None:
         raise ConfigError(field_path, message)
 
 
-def _positive(value, field_path: str) -> None:
-    _require(value is not None and value > 0, field_path, f"must be > 0, got {value!r}")
-
-
 def _one_of(value, allowed, field_path: str) -> None:
     _require(value in allowed, field_path,
              f"unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
@@ -123,7 +123,10 @@ class BenchmarkConfig:
     def validate(self) -> None:
         p = "benchmark."
         _one_of(self.name, BENCHMARKS, p + "name")
-        _one_of(self.scenario, BENCHMARK_SCENARIOS[self.name], p + "scenario")
+        _one_of(self.scenario, SCENARIOS, p + "scenario")
+        _require(self.scenario in BENCHMARK_SCENARIOS[self.name], p + "scenario",
+                 f"{self.name} does not support scenario {self.scenario!r} (its tasks share one label set, so "
+                 f"there are no task-specific heads); allowed: {', '.join(BENCHMARK_SCENARIOS[self.name])}")
         _require(isinstance(self.n_tasks, int) and self.n_tasks >= 1, p + "n_tasks",
                  f"must be an integer >= 1, got {self.n_tasks!r}")
         n_classes = BENCHMARK_CLASSES[self.name]
@@ -148,7 +151,8 @@ class BenchmarkConfig:
                      f"needs one angle per task ({self.n_tasks}), got {len(self.rotations)}")
         if self.data_dir is not None:
             _require(Path(self.data_dir).expanduser().is_dir() or self.download, p + "data_dir",
-                     f"directory {self.data_dir!r} does not exist (and download is false)")
+                     f"directory {self.data_dir!r} does not exist and benchmark.download is false; "
+                     f"allowed: an existing directory, or download: true to create it and download into it")
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir if self.data_dir is not None else default_data_dir()).expanduser()
@@ -257,7 +261,7 @@ class TrainConfig:
     def validate(self) -> None:
         p = "train."
         _one_of(self.optimizer, OPTIMIZERS, p + "optimizer")
-        _positive(self.lr, p + "lr")
+        _require(math.isfinite(self.lr) and self.lr > 0, p + "lr", f"must be a finite number > 0, got {self.lr!r}")
         _require(self.momentum >= 0, p + "momentum", f"must be >= 0, got {self.momentum!r}")
         _require(self.weight_decay >= 0, p + "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -290,7 +294,7 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "ExperimentConfig":
         """Build and validate a config; unknown keys and wrong types raise `ConfigError`."""
-        config = _build(cls, data or {}, "")
+        config = build_typed(cls, data or {}, "")
         config.strategy.with_defaults()
         return config.validate()
 
@@ -323,8 +327,15 @@ class ExperimentConfig:
 
     # ---------------------------------------------------------------- dotted paths
     def with_overrides(self, overrides: dict[str, Any]) -> "ExperimentConfig":
-        """A new validated config with ``{"train.lr": 0.1, ...}`` applied."""
+        """A new validated config with ``{"train.lr": 0.1, ...}`` applied.
+
+        Changing ``strategy.name`` starts the strategy section afresh: the old strategy's parameters
+        do not carry over (they would not fit, or mean something else); the new one's come from the
+        other overrides or its defaults.
+        """
         data = self.to_dict()
+        if overrides.get("strategy.name", self.strategy.name) != self.strategy.name:
+            data["strategy"] = {}
         for path, value in overrides.items():
             set_path(data, path, value)
         return ExperimentConfig.from_dict(data)
@@ -387,7 +398,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 # ---------------------------------------------------------------- typed construction
-def _build(cls, data: dict, prefix: str):
+def build_typed(cls, data: dict, prefix: str = ""):
+    """Dataclass ``cls`` from a mapping: unknown keys and wrong types raise `ConfigError` naming
+    ``prefix + key``. Not validated beyond types (callers run their own ``validate``)."""
     if not isinstance(data, dict):
         raise ConfigError(prefix.rstrip(".") or "<root>", f"must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -408,7 +421,7 @@ def _coerce(hint, value, path: str):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path + ".")
+        return build_typed(hint, value, path + ".")
     if origin is typing.Union or str(origin) == "types.UnionType":
         if value is None and type(None) in args:
             return None

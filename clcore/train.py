@@ -33,14 +33,22 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite. ``task``, ``epoch`` and ``step`` are 0-based."""
 
     def __init__(self, task: int, epoch: int, step: int, value: float):
-        self.task, self.epoch, self.step = task, epoch, step
+        self.task, self.epoch, self.step, self.value = task, epoch, step, value
         super().__init__(f"non-finite loss ({value}) at task {task}, epoch {epoch}, step {step} of that epoch; "
                          f"lower train.lr or the strategy's lambda")
+
+    def __reduce__(self):  # picklable (Ray sends a failed trial's error to the driver)
+        return type(self), (self.task, self.epoch, self.step, self.value)
 
 
 @dataclass
 class TaskReport:
-    """What a callback sees after task ``task`` (0-based) has been trained and evaluated."""
+    """What a callback sees after task ``task`` (0-based) has been trained and evaluated.
+
+    The matrices are a snapshot (rows so far). ``checkpoint()`` copies the live training state, so it
+    must be called inside the callback (or, for the last task, after `run` returns); called once the
+    next task has started, it raises instead of mixing two points in time.
+    """
 
     task: int
     n_tasks: int
@@ -144,6 +152,9 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
     history: list[dict[str, float]] = []
     start_task, epochs_trained = 0, 0
     if resume_from is not None:
+        # Loaded optimizer state would alias the checkpoint's tensors and be updated in place:
+        # work on a copy so the caller's checkpoint stays as written (and can be resumed again).
+        resume_from = copy.deepcopy(resume_from)
         model.load_state_dict(resume_from["model"])
         strategy.load_state_dict(resume_from["strategy"])
         if resume_from.get("optimizer") is not None:
@@ -153,9 +164,9 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
                 if "momentum" in group:
                     group["momentum"] = cfg.momentum
         _set_rng_state(resume_from["rng"], batch_order, device)
-        val_rows, test_rows = copy.deepcopy(resume_from["val_matrix"]), copy.deepcopy(resume_from["test_matrix"])
+        val_rows, test_rows = resume_from["val_matrix"], resume_from["test_matrix"]
         initial_val, initial_test = resume_from["initial_val"], resume_from["initial_test"]
-        history = copy.deepcopy(resume_from["history"])
+        history = resume_from["history"]
         start_task, epochs_trained = resume_from["next_task"], resume_from["epochs_trained"]
     else:
         initial_val = evaluate(model, [t.val for t in tasks], eval_bs)
@@ -163,7 +174,9 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     started = time.perf_counter()
+    report_is_current = [False]  # whether the last TaskReport still describes the training state
     for t in range(start_task, benchmark.n_tasks):
+        report_is_current[0] = False  # training task t changes what the previous report's checkpoint() sees
         task = tasks[t]
         model.head.set_seen_tasks(max(int(model.head.seen_tasks), t + 1))
         if t > 0 and cfg.reset_optimizer:
@@ -179,8 +192,10 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
             order = torch.randperm(n, device=device, generator=batch_order)
             for step in range(steps_per_epoch):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                # index_select: 3-5x faster than v[idx] for these gathers on CPU
+                x, task_ids, y = (v.index_select(0, idx) for v in (data.x, data.task_ids, data.y))
                 with autocast:
-                    loss = F.cross_entropy(model(data.x[idx], data.task_ids[idx]), data.y[idx])
+                    loss = F.cross_entropy(model(x, task_ids), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 penalty = strategy.add_penalty_grad(model)
@@ -210,7 +225,12 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
         }
         history.append(task_metrics)
 
-        def checkpoint(next_task=t + 1, epochs_trained=epochs_trained) -> dict:
+        report_is_current = [True]
+
+        def checkpoint(next_task=t + 1, epochs_trained=epochs_trained, current=report_is_current) -> dict:
+            if not current[0]:
+                raise RuntimeError(f"TaskReport.checkpoint() of task {next_task - 1} was called after training "
+                                   f"moved on to task {next_task}; call it inside the callback")
             return {
                 "config": config.to_dict(),
                 "next_task": next_task,
@@ -224,7 +244,8 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
                 "history": copy.deepcopy(history),
             }
 
-        report = TaskReport(t, benchmark.n_tasks, task_metrics, val_rows, test_rows, checkpoint)
+        report = TaskReport(t, benchmark.n_tasks, task_metrics, copy.deepcopy(val_rows), copy.deepcopy(test_rows),
+                            checkpoint)
         for callback in callbacks:
             callback(report)
 

@@ -2,8 +2,10 @@
 
 Every model is called as ``model(x, task_ids)``:
 
-- ``x`` is the raw ``uint8`` batch exactly as the benchmark stores it; the model converts it to
-  float and normalises it with the benchmark's mean and std (so data stays compact on the device);
+- ``x`` is the raw ``uint8`` batch ``[N, C, H, W]`` exactly as the benchmark stores it; the model
+  converts it to float and normalises it with the benchmark's mean and std (so data stays compact on
+  the device). One sample under ``torch.func.vmap`` goes in as a batch of one (``x[None]``, as
+  `clcore.fisher` does);
 - ``task_ids`` is an int64 tensor with one task id per sample;
 - the result is the logits the scenario scores: per-task slice (task-IL, ``multi`` head), a shared
   head (domain-IL, ``single``), or every output unit with those of unseen tasks masked to ``-inf``
@@ -137,10 +139,7 @@ class ContinualModel(nn.Module):
         self.register_buffer("shift", (-torch.tensor(mean) / torch.tensor(std)).view(1, c, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.scale, self.shift
-        if x.dim() == 3:  # a single sample (under torch.func.vmap)
-            scale, shift = scale[0], shift[0]
-        x = x.to(scale.dtype) * scale + shift
+        x = x.to(self.scale.dtype, copy=True).mul_(self.scale).add_(self.shift)  # in place on our own copy
         return self.head(self.backbone(x), task_ids)
 
 
