@@ -1,0 +1,150 @@
+"""Importance estimators: the diagonal of the Fisher information, four ways.
+
+With ``l(theta; x, y) = -log p(y | x; theta)`` (cross-entropy) and ``g = d l / d theta``, over the
+first ``N`` training samples of a task (``max_samples`` caps ``N``; the split is already shuffled):
+
+``exact``      F = 1/N sum_n sum_c p(c | x_n) g(x_n, c)^2
+               the expectation over the model's predictive distribution (the true Fisher;
+               Kirkpatrick et al. 2017). Labels with zero probability (class-incremental units
+               masked to -inf) contribute exactly zero.
+``empirical``  F = 1/N sum_n g(x_n, y_n)^2                      true labels, one gradient per sample
+``sampled``    F = 1/N sum_n g(x_n, c_n)^2,  c_n ~ p(. | x_n)   one label drawn from the model per sample
+``batched``    F = 1/B sum_b (d/d theta [1/|b| sum_{n in b} l(theta; x_n, y_n)])^2
+               the square of each batch-mean gradient, averaged over the ``B`` batches of
+               ``batch_size`` samples (the last one may be smaller). Avalanche's EWCPlugin computes
+               exactly this (FACIL the same over full batches only); it shrinks roughly like
+               1/batch_size, so it is offered to port their lambda values.
+
+The three per-sample estimators do not depend on ``batch_size`` (it only bounds memory): per-sample
+gradients come from ``torch.func`` (``vmap`` over ``grad``) in chunks of up to ``batch_size`` samples,
+never from a Python loop over samples. ``exact`` makes one such pass per label ``c``, with each sample's loss
+weighted by ``sqrt(p(c | x))`` so that its squared gradient carries ``p(c | x)``; labels that no sample
+can take (units masked to -inf) are skipped, so nothing multiplies 0 by inf.
+
+The pass runs with every module in eval mode (dropout off, BatchNorm on its running statistics) and
+puts each module back in the mode it found; it changes no parameter and no buffer.
+Only parameters with ``requires_grad`` are estimated; heads of other tasks get zero importance.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from clcore.data import Split
+
+ESTIMATORS = ("exact", "empirical", "sampled", "batched")
+# On CPU, per-sample gradients are written to memory and read back: chunks of at most this many bytes
+# stay in cache and in malloc's reusable heap (no page faults), about twice as fast as chunks of 256
+# samples for a 270k-parameter MLP on a 2-core machine.
+CPU_CHUNK_BYTES = 32 * 2**20
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters that take part in importance and penalties: those with ``requires_grad``."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def gradients(params: list[nn.Parameter]) -> list[torch.Tensor]:
+    """``p.grad`` of each parameter, zero-filled where the last backward left it ``None``."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    return [p.grad for p in params]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every module in eval mode inside the block; each module's own mode restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def estimate_fisher(model: nn.Module, split: Split, estimator: str = "empirical", *,
+                    max_samples: int | None = None, batch_size: int = 256,
+                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher of ``model`` on the first ``max_samples`` samples of ``split``, by parameter name.
+
+    ``batch_size`` is the batch whose mean gradient is squared (``batched``) or, for the per-sample
+    estimators, the most samples per vectorised call (on CPU also capped at `CPU_CHUNK_BYTES` of
+    per-sample gradients); it does not change their result. ``generator`` drives the labels drawn by ``sampled``
+    (default: torch's global generator).
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"fisher: unknown estimator {estimator!r}; allowed: {', '.join(ESTIMATORS)}")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"fisher_samples: must be >= 1 or None (all samples), got {max_samples!r}")
+    if batch_size < 1:
+        raise ValueError(f"fisher_batch_size: must be >= 1, got {batch_size!r}")
+    n = len(split) if max_samples is None else min(len(split), max_samples)
+    if n == 0:
+        raise ValueError("cannot estimate importance on an empty split")
+    params = {name: p.detach() for name, p in trainable_parameters(model).items()}
+    fisher = {name: torch.zeros_like(p) for name, p in params.items()}
+    x, t, y = split.x[:n], split.task_ids[:n], split.y[:n]
+
+    def logits_of(p, xb, tb):  # a batch through the model with parameters p (buffers as they are)
+        return functional_call(model, p, (xb, tb))
+
+    def sample_loss(p, xs, ts, ys, weight):  # weight * l(theta; x, y) for one sample
+        return weight * F.cross_entropy(logits_of(p, xs[None], ts[None]), ys[None])
+
+    def add_squares(grads):
+        for k in fisher:
+            fisher[k] += grads[k].square_().sum(0)
+
+    with eval_mode(model), torch.enable_grad():
+        if estimator == "batched":  # one ordinary backward per batch; nothing is written to p.grad
+            batches = range(0, n, batch_size)
+            for s in batches:
+                b = slice(s, s + batch_size)
+                loss = F.cross_entropy(model(x[b], t[b]), y[b])
+                for k, g in zip(fisher, torch.autograd.grad(loss, list(trainable_parameters(model).values()),
+                                                            allow_unused=True, materialize_grads=True)):
+                    fisher[k] += g.square()
+            torch._foreach_div_(list(fisher.values()), float(len(batches)))
+            return fisher
+
+        per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0, 0))
+        if estimator == "sampled":
+            y = _sample_labels(logits_of, params, x, t, batch_size, generator)
+        chunk = batch_size
+        if x.device.type == "cpu":
+            per_sample_bytes = sum(p.numel() * p.element_size() for p in params.values())
+            chunk = max(1, min(batch_size, CPU_CHUNK_BYTES // per_sample_bytes))
+        for s in range(0, n, chunk):
+            xb, tb, yb = x[s:s + chunk], t[s:s + chunk], y[s:s + chunk]
+            if estimator != "exact":
+                add_squares(per_sample(params, xb, tb, yb, torch.ones(len(xb), device=xb.device)))
+                continue
+            # exact: one pass per label c, each sample's loss weighted by sqrt(p(c|x)), so that the squared
+            # gradient carries p(c|x). Labels no sample can take (masked class-IL units) are skipped.
+            with torch.no_grad():
+                probs = F.softmax(logits_of(params, xb, tb), dim=-1)
+            for c in range(probs.shape[1]):
+                if not bool(probs[:, c].any()):
+                    continue
+                add_squares(per_sample(params, xb, tb, torch.full_like(yb, c), probs[:, c].sqrt()))
+    torch._foreach_div_(list(fisher.values()), float(n))
+    return fisher
+
+
+@torch.no_grad()
+def _sample_labels(logits_of, params, x, t, batch_size, generator) -> torch.Tensor:
+    """One label per sample drawn from the model's predictive distribution (one draw for all samples)."""
+    probs = torch.cat([F.softmax(logits_of(params, x[s:s + batch_size], t[s:s + batch_size]), dim=-1)
+                       for s in range(0, len(x), batch_size)])
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+__all__ = ["ESTIMATORS", "estimate_fisher", "trainable_parameters", "gradients", "eval_mode"]

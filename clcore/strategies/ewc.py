@@ -1,0 +1,226 @@
+"""Elastic Weight Consolidation: separate (Kirkpatrick et al. 2017) and online (Schwarz et al. 2018).
+
+Penalty convention (with the 1/2 of the papers' Laplace approximation)::
+
+    separate:  P(theta) = lambda/2 * sum_{t<k} sum_i F_{t,i} (theta_i - theta*_{t,i})^2
+               (Kirkpatrick et al. 2017, eq. 3, one term per past task t)
+    online:    P(theta) = lambda/2 * sum_i F~_i (theta_i - theta*_{k-1,i})^2
+               F~ <- decay_factor * F~ + F_{k-1} after each task (decay applies to the old importance,
+               never to the new one), anchored at the latest parameters (Schwarz et al. 2018)
+
+``F_t`` is the diagonal Fisher estimated after task ``t`` on its training split by the estimator
+``fisher`` (see `clcore.fisher`) and ``theta*_t`` the parameters at the end of task ``t``.
+
+Separate mode at the cost of one penalty: a sum of quadratics is one quadratic, so we keep::
+
+    A = sum_t F_t,   m = sum_t F_t theta*_t / A   (m = the latest theta* where A == 0),
+    c = sum_t sum_i F_{t,i} (theta*_{t,i} - m_i)^2
+    P(theta) = lambda/2 * (sum_i A_i (theta_i - m_i)^2 + c),   dP/dtheta = lambda * A * (theta - m)
+
+which equals the explicit sum over tasks exactly; adding a task updates (A, m, c) in closed form
+(``c += A F / (A + F) (m - theta*)^2``, numerically stable), so a step costs the same after 1 or
+100 tasks.
+
+From Avalanche's ``EWCPlugin(ewc_lambda)``: its penalty is ``ewc_lambda * sum F (theta - theta*)^2``
+(no 1/2) with the ``batched`` importance over minibatches of ``train_mb_size``. With
+``fisher="batched"``, ``fisher_batch_size = train_mb_size`` and ``fisher_samples=None`` the
+importances are identical and::
+
+    lambda (here) = 2 * ewc_lambda (Avalanche)
+
+FACIL's EWC penalty carries the 1/2 (``lamb * sum F (theta - theta*)^2 / 2``), so its ``lamb`` is our
+lambda as it stands; its Fisher is also batch-mean gradients squared, but over full batches only, with
+the model's argmax labels by default, and it always mixes ``F = alpha F_old + (1 - alpha) F_new``
+(alpha on the old importance, anchored at the latest parameters).
+
+Per step the gradient ``lambda * A * (theta - m)`` is added to ``p.grad`` in place by a few
+``torch._foreach_*`` kernels that allocate nothing (`QuadraticPenalty`), and the penalty's value comes
+out of the same pass.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+from torch import nn
+
+from clcore.data import Task
+from clcore.fisher import ESTIMATORS, estimate_fisher, gradients, trainable_parameters
+from clcore.strategies.base import Strategy
+
+MODES = ("separate", "online")
+
+
+class QuadraticPenalty:
+    """``q(theta) = sum_i W_i (theta_i - a_i)^2`` over lists of tensors, for the training step.
+
+    `add_grad` is five in-place foreach kernels into a preallocated scratch buffer (on CPU the
+    per-step cost is memory traffic, and a freshly allocated buffer costs page faults on top)::
+
+        e = sqrt(W) (theta - a);   grad += 2 scale sqrt(W) e  (= 2 scale W (theta - a));   q = |e|^2
+
+    EWC and RWalk share it.
+    """
+
+    def __init__(self, weight: list[torch.Tensor], anchor: list[torch.Tensor]):
+        self.sqrt_weight = torch._foreach_sqrt(weight)
+        self.anchor = anchor
+        self.scratch = [torch.empty_like(a) for a in anchor]
+
+    @torch.no_grad()
+    def add_grad(self, params: list[torch.Tensor], grads: list[torch.Tensor], scale: float) -> torch.Tensor:
+        """Add the gradient of ``scale * q`` to ``grads`` in place; return ``q`` (a 0-d tensor, no graph)."""
+        e = self.scratch
+        torch._foreach_copy_(e, params)
+        torch._foreach_sub_(e, self.anchor)
+        torch._foreach_mul_(e, self.sqrt_weight)
+        torch._foreach_addcmul_(grads, self.sqrt_weight, e, value=2.0 * scale)
+        return torch.stack(torch._foreach_norm(e)).square().sum()
+
+
+class EWC(Strategy):
+    """EWC with ``mode`` ``"separate"`` or ``"online"``; see the module docstring for the formulas.
+
+    ``keep_importance_data`` keeps, for inspection, every task's own importance ``F_t`` and anchor
+    ``theta*_t`` in `importance_history` (the penalty itself never needs them).
+    """
+
+    def __init__(self, lambda_: float = 1.0, mode: str = "separate", decay_factor: float | None = None,
+                 fisher: str = "empirical", fisher_samples: int | None = None, fisher_batch_size: int = 256,
+                 keep_importance_data: bool = False):
+        if not (isinstance(lambda_, (int, float)) and math.isfinite(lambda_) and lambda_ > 0):
+            raise ValueError(f"lambda: must be a finite number > 0, got {lambda_!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode: unknown value {mode!r}; allowed: {', '.join(MODES)}")
+        if mode == "online" and not (decay_factor is not None and 0.0 < decay_factor <= 1.0):
+            raise ValueError(f"decay_factor: online EWC needs decay_factor in (0, 1], got {decay_factor!r}")
+        if mode == "separate" and decay_factor is not None:
+            raise ValueError("decay_factor: only applies to mode 'online'")
+        if fisher not in ESTIMATORS:
+            raise ValueError(f"fisher: unknown estimator {fisher!r}; allowed: {', '.join(ESTIMATORS)}")
+        if fisher_samples is not None and fisher_samples < 1:
+            raise ValueError(f"fisher_samples: must be >= 1 or None (all samples), got {fisher_samples!r}")
+        if fisher_batch_size < 1:
+            raise ValueError(f"fisher_batch_size: must be >= 1, got {fisher_batch_size!r}")
+        self.lambda_ = float(lambda_)
+        self.mode = mode
+        self.decay_factor = decay_factor
+        self.fisher = fisher
+        self.fisher_samples = fisher_samples
+        self.fisher_batch_size = fisher_batch_size
+        self.keep_importance_data = keep_importance_data
+
+        # Statistics (what `state_dict` holds), aligned with `param_names`.
+        self.param_names: list[str] = []
+        self.importance: list[torch.Tensor] = []  # A (separate) or F~ (online)
+        self.anchor: list[torch.Tensor] = []      # m (separate) or theta*_{k-1} (online)
+        self.offset: torch.Tensor | None = None   # c (separate; 0 online)
+        self.tasks_seen = 0
+        self.importance_history: list[dict] = []  # [{"task", "importance": {name: F_t}, "anchor": {name: theta*_t}}]
+
+        self._quadratic: QuadraticPenalty | None = None
+        self._bound: tuple[weakref.ref, list[nn.Parameter]] | None = None
+
+    # ------------------------------------------------------------------ hooks
+    def before_task(self, model: nn.Module, task: Task) -> None:
+        self._bound = None
+        self._params(model)
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        if not self.importance:
+            return super().penalty(model)
+        params = self._params(model)
+        total = sum((a * (p - m).square()).sum() for p, a, m in zip(params, self.importance, self.anchor))
+        return 0.5 * self.lambda_ * (total + self.offset)
+
+    def add_penalty_grad(self, model: nn.Module) -> torch.Tensor | None:
+        if not self.importance:
+            return None
+        params = self._params(model)
+        half_lambda = 0.5 * self.lambda_  # grad += lambda A (theta - m);  value = lambda/2 (q + c)
+        return half_lambda * (self._quadratic.add_grad(params, gradients(params), half_lambda) + self.offset)
+
+    @torch.no_grad()
+    def after_task(self, model: nn.Module, task: Task) -> None:
+        estimate = estimate_fisher(model, task.train, self.fisher, max_samples=self.fisher_samples,
+                                   batch_size=self.fisher_batch_size)
+        params = self._params(model)
+        new_importance = [estimate[name] for name in self.param_names]
+        theta = [p.detach().clone() for p in params]
+        if self.keep_importance_data:
+            self.importance_history.append({
+                "task": task.id,
+                "importance": {k: v.clone() for k, v in zip(self.param_names, new_importance)},
+                "anchor": {k: v.clone() for k, v in zip(self.param_names, theta)},
+            })
+        if not self.importance:
+            self.importance, self.anchor = new_importance, theta
+            self.offset = torch.zeros((), device=theta[0].device)
+        elif self.mode == "online":
+            self.importance = torch._foreach_add(torch._foreach_mul(self.importance, self.decay_factor),
+                                                 new_importance)
+            self.anchor = theta
+        else:
+            importance, anchor = [], []
+            for a, m, f, th in zip(self.importance, self.anchor, new_importance, theta):
+                total = a + f
+                share = torch.where(total > 0, f / total, torch.ones_like(total))  # F / (A + F)
+                self.offset = self.offset + (a * share * (m - th).square()).sum()  # A F / (A + F) (m - theta*)^2
+                importance.append(total)
+                anchor.append(torch.lerp(m, th, share))  # m + F / (A + F) (theta* - m)
+            self.importance, self.anchor = importance, anchor
+        self.tasks_seen += 1
+        self._quadratic = QuadraticPenalty(self.importance, self.anchor)
+
+    def importance_norm(self) -> float | None:
+        if not self.importance:
+            return None
+        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.importance))))
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "param_names": list(self.param_names),
+            "tasks_seen": self.tasks_seen,
+            "importance": dict(zip(self.param_names, self.importance)),
+            "anchor": dict(zip(self.param_names, self.anchor)),
+            "offset": self.offset,
+            "importance_history": self.importance_history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        names = list(state["param_names"])
+        self.param_names = names
+        self.tasks_seen = int(state["tasks_seen"])
+        self.importance = [state["importance"][k].clone() for k in names] if state["importance"] else []
+        self.anchor = [state["anchor"][k].clone() for k in names] if state["anchor"] else []
+        self.offset = None if state["offset"] is None else state["offset"].clone()
+        self.importance_history = list(state["importance_history"])
+        self._quadratic = QuadraticPenalty(self.importance, self.anchor) if self.importance else None
+        self._bound = None
+
+    # ------------------------------------------------------------------ helpers
+    def _params(self, model: nn.Module) -> list[nn.Parameter]:
+        """Trainable parameters of ``model`` in `param_names` order (cached per model)."""
+        if self._bound is not None and self._bound[0]() is model:
+            return self._bound[1]
+        named = trainable_parameters(model)
+        if not self.param_names:
+            self.param_names = list(named)
+        elif list(named) != self.param_names:
+            raise ValueError(f"EWC: the model's trainable parameters {list(named)} differ from those the "
+                             f"importance was estimated for {self.param_names}")
+        params = [named[k] for k in self.param_names]
+        device = params[0].device
+        if self.importance and self.importance[0].device != device:
+            self.importance = [v.to(device) for v in self.importance]
+            self.anchor = [v.to(device) for v in self.anchor]
+            self.offset = self.offset.to(device)
+            self._quadratic = QuadraticPenalty(self.importance, self.anchor)
+        self._bound = (weakref.ref(model), params)
+        return params
+
+
+__all__ = ["EWC", "QuadraticPenalty"]

@@ -1,0 +1,232 @@
+"""Riemannian Walk (Chaudhry et al. 2018, "Riemannian Walk for Incremental Learning").
+
+Equation numbers are those Avalanche's RWalkPlugin cites. Per training step ``t`` (parameters ``theta_t`` before the optimiser step, ``g_t`` the gradient of the
+task loss alone, taken from the training step's own backward, in train mode)::
+
+    F      <- alpha * g_t^2 + (1 - alpha) * F          EWC++ Fisher (eq. 6); the first step sets F = g_1^2
+    path   <- path - g_t * (theta_{t+1} - theta_t)     first-order loss change (eq. 7)
+
+Every ``delta_t`` steps, and at the end of every task for the steps left over, the interval
+``[t1, t2]`` is closed (eq. 7)::
+
+    s_task <- s_task + path / (1/2 * F * (theta_t2 - theta_t1)^2 + eps)      eps = float32 machine eps
+    path   <- 0
+
+``eps`` keeps the division finite (never 0/0). At the end of task ``k`` scores of successive tasks are
+averaged, ``s <- s_task`` after the first task and ``s <- (s + s_task) / 2`` after later ones, and the
+penalty weight is the Fisher and the positive score, each normalised by its maximum over all
+parameters (a term whose maximum is 0 contributes 0)::
+
+    w = F / max(F) + relu(s) / max(relu(s))
+
+The penalty while training task ``k + 1`` (eq. 8; no 1/2, as in the paper and Avalanche)::
+
+    P(theta) = lambda * sum_i w_i (theta_i - theta*_{k,i})^2,     dP/dtheta = 2 lambda w (theta - theta*_k)
+
+Conventions and how peers differ:
+
+- ``alpha`` weights the *new* squared gradient, as in the paper and Avalanche's RWalkPlugin
+  (``ewc_alpha``). FACIL's ``alpha`` weights the *old* Fisher (``F = alpha F_old + (1 - alpha) F_new``)
+  and mixes whole-task Fisher estimates once per task rather than per step, so its values do not port.
+- ``lambda`` equals Avalanche's ``ewc_lambda`` (same penalty, same normalisation, same eps).
+- ``g_t`` is the batch-mean gradient of the task loss (what every implementation uses), so ``F``
+  shrinks roughly like 1/batch_size; ``w`` is normalised by its maximum, which removes that scale from
+  the Fisher term. Avalanche recomputes ``g_t`` with a second forward and backward pass in eval mode
+  and leaves the model in eval mode for all of training (dropout off, BatchNorm frozen); here the
+  gradient is the training step's own, the model stays in train mode, and each step costs one forward
+  and one backward.
+- Intervals restart with each task and the last, shorter interval of a task is scored too (Avalanche
+  counts ``delta_t`` across tasks and drops the remainder, which gives NaN weights when a task has fewer
+  than ``delta_t`` steps; here a warning says so and the weights stay finite).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+
+import torch
+from torch import nn
+
+from clcore.data import Task
+from clcore.fisher import gradients, trainable_parameters
+from clcore.strategies.base import Strategy
+from clcore.strategies.ewc import QuadraticPenalty
+
+_TENSOR_STATE = ("fisher", "score", "weights", "anchor", "task_score", "path_loss", "interval_start")
+_COUNTERS = ("steps", "steps_in_task", "steps_in_interval", "tasks_seen")
+
+
+class RWalk(Strategy):
+    """RWalk with penalty weight ``lambda_``, EWC++ factor ``alpha`` and score interval ``delta_t`` steps."""
+
+    def __init__(self, lambda_: float = 0.1, alpha: float = 0.9, delta_t: int = 10):
+        if not (isinstance(lambda_, (int, float)) and math.isfinite(lambda_) and lambda_ > 0):
+            raise ValueError(f"lambda: must be a finite number > 0, got {lambda_!r}")
+        if not (alpha is not None and 0.0 <= alpha <= 1.0):
+            raise ValueError(f"alpha: must be in [0, 1], got {alpha!r}")
+        if not (isinstance(delta_t, int) and delta_t >= 1):
+            raise ValueError(f"delta_t: must be an integer >= 1, got {delta_t!r}")
+        self.lambda_ = float(lambda_)
+        self.alpha = float(alpha)
+        self.delta_t = delta_t
+
+        # Statistics (what `state_dict` holds), lists aligned with `param_names`.
+        self.param_names: list[str] = []
+        self.fisher: list[torch.Tensor] = []          # F, the EWC++ running Fisher
+        self.score: list[torch.Tensor] = []           # s, averaged over the tasks seen
+        self.weights: list[torch.Tensor] = []         # w, the penalty weight (after the first task)
+        self.anchor: list[torch.Tensor] = []          # theta*_k, parameters at the end of the last task
+        self.task_score: list[torch.Tensor] = []      # s_task, this task's closed intervals
+        self.path_loss: list[torch.Tensor] = []       # path, the open interval's loss change
+        self.interval_start: list[torch.Tensor] = []  # theta_t1, parameters when the interval opened
+        self.steps = 0              # training steps seen, all tasks
+        self.steps_in_task = 0
+        self.steps_in_interval = 0
+        self.tasks_seen = 0
+
+        # Per-step scratch: the task gradient and the parameters before the optimiser step.
+        self._grad: list[torch.Tensor] = []
+        self._before: list[torch.Tensor] = []
+        self._quadratic: QuadraticPenalty | None = None
+        self._bound: tuple[weakref.ref, list[nn.Parameter]] | None = None
+
+    # ------------------------------------------------------------------ hooks
+    @torch.no_grad()
+    def before_task(self, model: nn.Module, task: Task) -> None:
+        self._bound = None
+        params = self._params(model)
+        torch._foreach_copy_(self.interval_start, params)
+        torch._foreach_zero_(self.path_loss)
+        self.steps_in_interval = 0
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        if not self.weights:
+            return super().penalty(model)
+        params = self._params(model)
+        return self.lambda_ * sum((w * (p - a).square()).sum() for p, w, a in zip(params, self.weights, self.anchor))
+
+    @torch.no_grad()
+    def add_penalty_grad(self, model: nn.Module) -> torch.Tensor | None:
+        params = self._params(model)
+        grads = gradients(params)  # the task loss's gradient: nothing has been added yet
+        torch._foreach_copy_(self._grad, grads)
+        torch._foreach_copy_(self._before, params)
+        if self.steps == 0:
+            torch._foreach_copy_(self.fisher, grads)
+            torch._foreach_mul_(self.fisher, grads)
+        else:
+            torch._foreach_mul_(self.fisher, 1.0 - self.alpha)
+            torch._foreach_addcmul_(self.fisher, grads, grads, value=self.alpha)
+        if not self.weights:
+            return None
+        return self.lambda_ * self._quadratic.add_grad(params, grads, self.lambda_)  # grad += 2 lambda w (theta - theta*)
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module) -> None:
+        params = self._params(model)
+        torch._foreach_sub_(self._before, params)                     # theta_t - theta_{t+1}
+        torch._foreach_addcmul_(self.path_loss, self._grad, self._before)  # path -= g (theta_{t+1} - theta_t)
+        self.steps += 1
+        self.steps_in_task += 1
+        self.steps_in_interval += 1
+        if self.steps_in_interval == self.delta_t:
+            self._close_interval(params)
+
+    @torch.no_grad()
+    def after_task(self, model: nn.Module, task: Task) -> None:
+        params = self._params(model)
+        if self.steps_in_task == 0:
+            raise RuntimeError("RWalk.after_task: no training step was taken on this task")
+        if self.steps_in_task < self.delta_t:
+            warnings.warn(f"RWalk: task {task.id} had {self.steps_in_task} training steps, fewer than "
+                          f"delta_t={self.delta_t}; its score comes from one interval of {self.steps_in_task} "
+                          f"steps", RuntimeWarning, stacklevel=2)
+        if self.steps_in_interval > 0:
+            self._close_interval(params)
+        if self.tasks_seen == 0:
+            self.score = [s.clone() for s in self.task_score]
+        else:
+            self.score = torch._foreach_mul(torch._foreach_add(self.score, self.task_score), 0.5)
+        positive = [s.clamp(min=0) for s in self.score]
+        self.weights = torch._foreach_add(torch._foreach_mul(self.fisher, _inverse_max(self.fisher)),
+                                          torch._foreach_mul(positive, _inverse_max(positive)))
+        self.anchor = [p.detach().clone() for p in params]
+        self._quadratic = QuadraticPenalty(self.weights, self.anchor)
+        torch._foreach_zero_(self.task_score)
+        self.steps_in_task = 0
+        self.tasks_seen += 1
+
+    def importance_norm(self) -> float | None:
+        if not self.weights:
+            return None
+        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.weights))))
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        state = {"param_names": list(self.param_names)}
+        state.update({k: dict(zip(self.param_names, getattr(self, k))) for k in _TENSOR_STATE})
+        state.update({k: getattr(self, k) for k in _COUNTERS})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.param_names = list(state["param_names"])
+        for k in _TENSOR_STATE:
+            setattr(self, k, [state[k][name].clone() for name in self.param_names] if state[k] else [])
+        for k in _COUNTERS:
+            setattr(self, k, int(state[k]))
+        self._quadratic = QuadraticPenalty(self.weights, self.anchor) if self.weights else None
+        self._grad, self._before, self._bound = [], [], None
+
+    # ------------------------------------------------------------------ helpers
+    def _close_interval(self, params: list[nn.Parameter]) -> None:
+        """s_task += path / (1/2 F (theta - theta_t1)^2 + eps); open the next interval here."""
+        denominator = self._before  # per-step scratch, free between steps
+        torch._foreach_copy_(denominator, params)
+        torch._foreach_sub_(denominator, self.interval_start)
+        torch._foreach_mul_(denominator, denominator)
+        torch._foreach_mul_(denominator, self.fisher)
+        torch._foreach_mul_(denominator, 0.5)
+        torch._foreach_add_(denominator, torch.finfo(torch.float32).eps)
+        torch._foreach_div_(self.path_loss, denominator)
+        torch._foreach_add_(self.task_score, self.path_loss)
+        torch._foreach_zero_(self.path_loss)
+        torch._foreach_copy_(self.interval_start, params)
+        self.steps_in_interval = 0
+
+    def _params(self, model: nn.Module) -> list[nn.Parameter]:
+        """Trainable parameters of ``model`` in `param_names` order; allocates the state on first use."""
+        if self._bound is not None and self._bound[0]() is model:
+            return self._bound[1]
+        named = trainable_parameters(model)
+        if not self.param_names:
+            self.param_names = list(named)
+        elif list(named) != self.param_names:
+            raise ValueError(f"RWalk: the model's trainable parameters {list(named)} differ from those of "
+                             f"the strategy's state {self.param_names}")
+        params = [named[k] for k in self.param_names]
+        device = params[0].device
+        with torch.no_grad():
+            if not self.fisher:
+                self.fisher = [torch.zeros_like(p) for p in params]
+                self.task_score = [torch.zeros_like(p) for p in params]
+                self.path_loss = [torch.zeros_like(p) for p in params]
+                self.interval_start = [p.detach().clone() for p in params]
+            elif self.fisher[0].device != device:
+                for k in _TENSOR_STATE:
+                    setattr(self, k, [v.to(device) for v in getattr(self, k)])
+                self._quadratic = QuadraticPenalty(self.weights, self.anchor) if self.weights else None
+            self._grad = [torch.empty_like(p) for p in params]
+            self._before = [torch.empty_like(p) for p in params]
+        self._bound = (weakref.ref(model), params)
+        return params
+
+
+def _inverse_max(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """1 / max over all elements of ``tensors`` (non-negative), or 0 when that maximum is 0."""
+    largest = torch.stack([t.max() for t in tensors]).max()
+    return torch.where(largest > 0, largest.reciprocal(), torch.zeros_like(largest))
+
+
+__all__ = ["RWalk"]

@@ -1,0 +1,209 @@
+"""Importance estimators against brute-force loops; eval mode, BatchNorm and batch-size independence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clcore.config import BenchmarkConfig, ModelConfig
+from clcore.data import Split, build_benchmark
+from clcore.fisher import estimate_fisher
+from clcore.models import ContinualModel, OutputHead, build_model
+
+N = 60  # samples per estimate: enough to exercise chunking, small enough for a per-sample loop
+
+
+def tiny(synthetic, scenario: str = "task", hidden=(16,), dropout: float = 0.0, seen: int = 2):
+    """A small MLP with the scenario's head, trained for no step, and the task-1 training split."""
+    bench = build_benchmark(BenchmarkConfig(name="synthetic", scenario=scenario, n_tasks=5), synthetic)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_sizes=list(hidden), dropout=dropout), input_shape=bench.input_shape,
+                        scenario=scenario, n_tasks=5, classes_per_task=2, mean=bench.mean, std=bench.std)
+    model.head.set_seen_tasks(seen)
+    return model, bench.tasks[1].train
+
+
+def brute_force(model: nn.Module, split: Split, estimator: str, n: int, batch_size: int = 8,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The definitions in `clcore.fisher`, one autograd backward per sample (and per label), eval mode."""
+    was_training = model.training
+    model.eval()
+    params = dict(model.named_parameters())
+    fisher = {k: torch.zeros_like(p) for k, p in params.items()}
+
+    def add_squared_grad(logits, label, weight):
+        model.zero_grad()
+        F.cross_entropy(logits, torch.tensor([label])).backward(retain_graph=True)
+        for k, p in params.items():
+            if p.grad is not None:
+                fisher[k] += weight * p.grad.square()
+
+    if estimator == "batched":
+        batches = range(0, n, batch_size)
+        for s in batches:
+            b = slice(s, min(s + batch_size, n))
+            model.zero_grad()
+            F.cross_entropy(model(split.x[b], split.task_ids[b]), split.y[b]).backward()
+            for k, p in params.items():
+                fisher[k] += p.grad.square()
+        model.train(was_training)
+        return {k: v / len(batches) for k, v in fisher.items()}
+
+    logits = [model(split.x[i:i + 1], split.task_ids[i:i + 1]) for i in range(n)]
+    probs = torch.cat([l.softmax(-1) for l in logits]).detach()
+    if estimator == "sampled":  # the same single draw for all samples as the estimator makes
+        labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    for i in range(n):
+        if estimator == "empirical":
+            add_squared_grad(logits[i], int(split.y[i]), 1.0)
+        elif estimator == "sampled":
+            add_squared_grad(logits[i], int(labels[i]), 1.0)
+        else:  # exact: every label the model gives a non-zero probability
+            for c in range(probs.shape[1]):
+                if probs[i, c] > 0:
+                    add_squared_grad(logits[i], c, float(probs[i, c]))
+    model.train(was_training)
+    return {k: v / n for k, v in fisher.items()}
+
+
+def assert_close(a: dict, b: dict, rtol: float = 1e-4):
+    assert a.keys() == b.keys()
+    for k in a:
+        scale = float(b[k].abs().max())
+        assert scale > 0 or float(a[k].abs().max()) == 0, k
+        torch.testing.assert_close(a[k], b[k], rtol=rtol, atol=rtol * scale, msg=k)
+
+
+# --------------------------------------------------------------------------- each estimator vs a loop
+@pytest.mark.parametrize("scenario", ["task", "class"])
+@pytest.mark.parametrize("estimator", ["exact", "empirical", "sampled", "batched"])
+def test_estimator_equals_brute_force_loop(synthetic, scenario, estimator):
+    model, split = tiny(synthetic, scenario)
+    fast = estimate_fisher(model, split, estimator, max_samples=N, batch_size=8,
+                           generator=torch.Generator().manual_seed(3))
+    slow = brute_force(model, split, estimator, N, batch_size=8, generator=torch.Generator().manual_seed(3))
+    assert_close(fast, slow)
+    assert all(torch.isfinite(v).all() for v in fast.values())
+    assert sum(float(v.sum()) for v in fast.values()) > 1e-4  # a real, non-trivial estimate
+
+
+def test_sampled_labels_come_from_the_model_and_average_to_exact(synthetic):
+    model, split = tiny(synthetic, "task")
+    exact = estimate_fisher(model, split, "exact", max_samples=200)
+    draws = [estimate_fisher(model, split, "sampled", max_samples=200, generator=torch.Generator().manual_seed(s))
+             for s in range(30)]
+    mean = {k: torch.stack([d[k] for d in draws]).mean(0) for k in exact}
+    total_exact = sum(float(v.sum()) for v in exact.values())
+    total_mean = sum(float(v.sum()) for v in mean.values())
+    assert total_mean == pytest.approx(total_exact, rel=0.05)
+    assert not all(torch.equal(draws[0][k], draws[1][k]) for k in exact)  # the draw is random
+
+
+def test_class_incremental_unseen_units_get_zero_importance_and_no_nan(synthetic):
+    model, split = tiny(synthetic, "class", seen=2)  # units 4..9 are masked to -inf
+    for estimator in ("exact", "empirical", "sampled", "batched"):
+        fisher = estimate_fisher(model, split, estimator, max_samples=N, batch_size=16)
+        assert all(torch.isfinite(v).all() for v in fisher.values()), estimator
+        assert float(fisher["head.linear.weight"][4:].abs().max()) == 0.0, estimator
+        assert float(fisher["head.linear.weight"][:4].abs().max()) > 0.0, estimator
+
+
+def test_heads_of_other_tasks_and_frozen_parameters(synthetic):
+    model, split = tiny(synthetic, "task")  # split of task 1: head units 2..3 of the multi head
+    model.backbone.net[1].bias.requires_grad_(False)
+    fisher = estimate_fisher(model, split, "empirical", max_samples=N)
+    assert "backbone.net.1.bias" not in fisher
+    head = fisher["head.linear.weight"]
+    assert float(head[2:4].abs().max()) > 0
+    assert float(head[:2].abs().max()) == 0 and float(head[4:].abs().max()) == 0
+
+
+# --------------------------------------------------------------------------- scale and sample cap
+@pytest.mark.parametrize("estimator", ["exact", "empirical", "sampled"])
+def test_per_sample_estimators_do_not_depend_on_batch_size(synthetic, estimator):
+    model, split = tiny(synthetic, "task")
+    runs = [estimate_fisher(model, split, estimator, max_samples=N, batch_size=b,
+                            generator=torch.Generator().manual_seed(0)) for b in (1, 7, 64)]
+    assert_close(runs[1], runs[0], rtol=1e-5)
+    assert_close(runs[2], runs[0], rtol=1e-5)
+
+
+def test_batched_estimator_shrinks_with_batch_size(synthetic):
+    """The square of a batch-mean gradient: the reason its lambda values do not port to the others."""
+    model, split = tiny(synthetic, "task")
+    total = {b: sum(float(v.sum()) for v in estimate_fisher(model, split, "batched", max_samples=256,
+                                                             batch_size=b).values()) for b in (1, 16, 128)}
+    per_sample = sum(float(v.sum()) for v in estimate_fisher(model, split, "empirical", max_samples=256).values())
+    assert total[1] == pytest.approx(per_sample, rel=1e-5)  # batches of one: the empirical Fisher
+    assert total[128] < total[16] < 0.5 * total[1]
+
+
+def test_fisher_samples_caps_to_the_first_samples(synthetic):
+    model, split = tiny(synthetic, "task")
+    capped = estimate_fisher(model, split, "empirical", max_samples=50, batch_size=16)
+    first = Split(split.x[:50], split.y[:50], split.task_ids[:50])
+    assert_close(capped, estimate_fisher(model, first, "empirical", batch_size=16), rtol=1e-6)
+    assert_close(estimate_fisher(model, first, "empirical", max_samples=10_000), capped, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(estimator="kfac"), "fisher: unknown estimator 'kfac'"),
+    (dict(max_samples=0), "fisher_samples"),
+    (dict(batch_size=0), "fisher_batch_size"),
+])
+def test_bad_arguments_are_rejected(synthetic, bad, message):
+    model, split = tiny(synthetic)
+    with pytest.raises(ValueError, match=message):
+        estimate_fisher(model, split, **{"estimator": "empirical", **bad})
+
+
+# --------------------------------------------------------------------------- eval mode, BatchNorm
+class ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_features = 4
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def bn_model_and_split():
+    torch.manual_seed(0)
+    model = ContinualModel(ConvBN(), OutputHead(4, "multi", 2, 3), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=g)
+    split = Split(x, torch.randint(0, 3, (40,), generator=g), torch.randint(0, 2, (40,), generator=g))
+    model.train()
+    for _ in range(3):  # give BatchNorm non-trivial running statistics
+        model(split.x, split.task_ids)
+    return model, split
+
+
+@pytest.mark.parametrize("estimator", ["exact", "empirical", "sampled", "batched"])
+@pytest.mark.parametrize("start_in_train_mode", [True, False])
+def test_importance_pass_runs_in_eval_mode_and_changes_nothing(estimator, start_in_train_mode):
+    model, split = bn_model_and_split()
+    model.train(start_in_train_mode)
+    model.backbone.net[3].train(True)  # a module in a mode of its own must get it back
+    modes = {name: m.training for name, m in model.named_modules()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen_modes = []
+    hook = model.backbone.net[1].register_forward_pre_hook(lambda m, args: seen_modes.append(m.training))
+
+    fisher = estimate_fisher(model, split, estimator, batch_size=16, generator=torch.Generator().manual_seed(0))
+    hook.remove()
+
+    assert seen_modes and not any(seen_modes)  # BatchNorm ran on its running statistics
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    after = model.state_dict()
+    for k, v in before.items():  # parameters, running_mean/var and num_batches_tracked
+        assert torch.equal(after[k], v), k
+    # dropout is off: the same estimate again; and it matches the loop with BatchNorm in eval mode
+    again = estimate_fisher(model, split, estimator, batch_size=16, generator=torch.Generator().manual_seed(0))
+    assert_close(again, fisher, rtol=1e-6)
+    slow = brute_force(model, split, estimator, len(split), batch_size=16, generator=torch.Generator().manual_seed(0))
+    assert_close(fisher, slow)
