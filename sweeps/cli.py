@@ -1,6 +1,17 @@
 """`clsweep`: the command line.
 
     clsweep train CONFIG.yaml [--set key=value ...] [--json]     one experiment, no Ray
+    clsweep run SPACE.yaml [--set key=value ...] [--address ADDR] [--num-cpus N] [--dry-run]
+    clsweep resume PATH [--resume-errored | --restart-errored] [--address ADDR]
+    clsweep status PATH [--json]
+    clsweep best SWEEP [--format yaml|json] [--out FILE] [--metric M] [--tracking-uri URI]
+    clsweep sync PATH [--tracking-uri URI]                     upload a sweep's results to MLflow
+    clsweep ui [--port 5000] [--tracking-uri sqlite:///mlruns.db]   the MLflow UI on 127.0.0.1
+
+``run`` validates the sweep file (with the overrides) before Ray starts, then runs it on a local
+Ray instance, or on the cluster at ``--address`` / ``$RAY_ADDRESS`` (``ray job submit --
+clsweep run ...`` works too). PATH is a sweep's storage folder, ``<storage.path>/<name>``.
+Exit status: 0 done, 1 the sweep ended with no complete trial, 2 bad input.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ import json
 import sys
 
 from clcore.config import ConfigError, ExperimentConfig, parse_override
+from clcore.train import TrainingDivergedError
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -26,15 +38,172 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(f"device: {result.device}   training time: {result.train_seconds:.1f}s")
     for name, matrix in (("validation", result.val_matrix), ("test", result.test_matrix)):
-        print(f"\n{name} accuracy matrix (row i: after task i; column j: task j)")
-        for i, row in enumerate(matrix):
-            print(f"  after task {i}: " + " ".join(f"{v:6.3f}" for v in row))
+        print()
+        print(format_matrix(name, matrix))
     print("\nmetrics")
     for key, value in result.metrics.items():
         print(f"  {key:28s} {value:.4f}" if isinstance(value, float) else f"  {key:28s} {value}")
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from sweeps.spec import load_spec
+
+    spec = load_spec(args.space, args.set)  # validated here, before Ray is imported
+    if args.dry_run:
+        print(spec.to_yaml(), end="")
+        print(f"# valid; results would go to {spec.experiment_path}")
+        return 0
+    from sweeps.runner import run_sweep
+
+    state = run_sweep(spec, address=args.address, num_cpus=args.num_cpus, tracking=_tracking(args))
+    print(format_summary(state))
+    return 0 if state.best() is not None else 1
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from sweeps.runner import resume_sweep
+
+    errored = "resume" if args.resume_errored else "restart" if args.restart_errored else "keep"
+    state = resume_sweep(args.path, address=args.address, num_cpus=args.num_cpus, errored=errored,
+                         tracking=_tracking(args))
+    print(format_summary(state))
+    return 0 if state.best() is not None else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sweeps.runner import load_sweep
+
+    state = load_sweep(args.path)
+    if args.json:
+        print(json.dumps(state.to_summary(), indent=2, default=str))
+        return 0
+    print(format_trials(state))
+    print(format_summary(state, table=False))
+    return 0
+
+
+def _tracking(args: argparse.Namespace):
+    from sweeps.tracking import MLflowTracking
+
+    return MLflowTracking(args.tracking_uri)
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from sweeps.best import SweepNotFoundError, best_run
+
+    try:
+        best = best_run(args.sweep, args.metric, args.tracking_uri, args.mode)
+    except SweepNotFoundError as error:
+        print(f"clsweep best: error: {error}", file=sys.stderr)
+        return 2
+    data = best.config.to_dict()
+    text = best.config.to_yaml() if args.format == "yaml" else json.dumps(data, indent=2) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        print(text, end="")
+    print(f"best trial {best.trial_id} (MLflow run {best.run_id}): {best.metric} = "
+          f"{best.metrics[best.metric]:.4f} ({best.mode})" + (f"; config written to {args.out}" if args.out else ""),
+          file=sys.stderr)
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from sweeps.tracking import TrackingUnavailableError, sync
+
+    try:
+        report = sync(args.path, args.tracking_uri)
+    except TrackingUnavailableError as error:
+        print(f"clsweep sync: error: {error}; nothing was uploaded, the results stay in {args.path}",
+              file=sys.stderr)
+        return 2
+    print(report.describe())
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from sweeps.tracking import DEFAULT_ARTIFACT_DIR, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        print(f"clsweep ui: {uri} is a tracking server already: open it in a browser", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(args.port), "--workers", "1"]
+    if uri.startswith("sqlite:///"):
+        artifacts = Path(uri[len("sqlite:///"):]).parent / DEFAULT_ARTIFACT_DIR
+        command += ["--artifacts-destination", str(artifacts)]
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # the UI needs no job runner
+    os.execve(sys.executable, command, env)
+
+
+# ------------------------------------------------------------------------------ formatting
+def format_matrix(name: str, matrix: list[list[float]], indent: str = "") -> str:
+    lines = [f"{indent}{name} accuracy matrix (row i: after task i; column j: task j)"]
+    for i, row in enumerate(matrix):
+        lines.append(f"{indent}  after task {i}: " + " ".join(f"{v:6.3f}" for v in row))
+    return "\n".join(lines)
+
+
+def format_trials(state) -> str:
+    """One line per trial: id, outcome, tasks, objective, searched values, error."""
+    metric = state.spec.objective.metric
+    keys = list(state.spec.search)
+    header = ["trial", "outcome", "tasks", metric, *keys]
+    rows = []
+    for t in state.trials:
+        value = t.last.get(metric)
+        rows.append([t.trial_id, t.outcome, f"{t.tasks_seen}/{t.n_tasks}",
+                     "" if value is None else f"{value:.4f}", *(_short(t.params.get(k)) for k in keys)])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines += [f"{t.trial_id}: {t.error}" for t in state.trials if t.error]
+    return "\n".join(lines)
+
+
+def format_summary(state, table: bool = True) -> str:
+    """Counts, the best trial (config, accuracy matrices, where its results are), what to run next."""
+    spec, metric = state.spec, state.spec.objective.metric
+    counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(state.counts().items())) or "no trials yet"
+    wall = f" in {state.wall_seconds:.0f}s" if state.wall_seconds is not None else ""
+    lines = ["", f"sweep {spec.name}: {len(state.trials)} trials{wall} ({counts})"]
+    failed = [t for t in state.trials if t.outcome == "failed"]
+    if table and failed:
+        lines += ["failed trials:"] + [f"  {t.trial_id}: {t.error}" for t in failed]
+    best = state.best()
+    if best is None:
+        lines.append(f"no trial has completed all {spec.n_tasks} tasks yet")
+    else:
+        lines.append(f"best trial {best.trial_id}: {metric} = {best.last[metric]:.4f} ({spec.mode}) "
+                     f"after {best.tasks_seen}/{best.n_tasks} tasks")
+        lines += [f"  {k} = {_short(v)}" for k, v in best.params.items()]
+        for name, key in (("validation", "val_matrix"), ("test", "test_matrix")):
+            if best.last.get(key):
+                lines.append(format_matrix(name, best.last[key], indent="  "))
+        lines.append(f"  results: {best.path}")
+        from sweeps.runner import BEST_CONFIG_FILE
+
+        config_file = state.path / BEST_CONFIG_FILE
+        if config_file.exists():
+            lines.append(f"  config:  {config_file}   (clsweep train {config_file} reruns it)")
+    unfinished = sum(t.outcome in ("running", "pending") for t in state.trials)
+    if unfinished:
+        lines.append(f"{unfinished} trials unfinished: continue with   clsweep resume {state.path}")
+    lines.append(f"storage: {state.path}   (clsweep status {state.path})")
+    return "\n".join(lines)
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# ------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clsweep", description="Hyperparameter sweeps for continual learning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,16 +213,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. train.lr=0.1")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="run a sweep file on Ray Tune")
+    p.add_argument("space", help="sweep file, e.g. search_spaces/quickstart.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a sweep setting or config field: algorithm.num_samples=8, scheduler=fifo, "
+                        "train.epochs=2 (fixes the field), search.train.lr.high=0.5")
+    _ray_arguments(p)
+    _tracking_argument(p, "the sweep file's tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else the "
+                          "embedded sqlite:///mlruns.db; giving it turns MLflow tracking on")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the resolved sweep; start nothing")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted sweep from its storage folder")
+    p.add_argument("path", help="the sweep's storage folder, <storage.path>/<name>")
+    errored = p.add_mutually_exclusive_group()
+    errored.add_argument("--resume-errored", action="store_true",
+                         help="retry failed trials from their last task checkpoint")
+    errored.add_argument("--restart-errored", action="store_true", help="retry failed trials from scratch")
+    _ray_arguments(p)
+    _tracking_argument(p, "the store the sweep used, else as for run; giving it turns MLflow tracking on")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("status", help="state of a running or finished sweep, from its storage folder")
+    p.add_argument("path", help="the sweep's storage folder, <storage.path>/<name>")
+    p.add_argument("--json", action="store_true", help="print the state as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("best", help="the best trial's config of a sweep, read from MLflow")
+    p.add_argument("sweep", help="the sweep's name (its MLflow experiment)")
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="output format (default: yaml)")
+    p.add_argument("--out", metavar="FILE", help="write the config here (`clsweep train FILE` retrains it)")
+    p.add_argument("--metric", help="rank by this metric (default: the sweep's objective)")
+    p.add_argument("--mode", choices=("max", "min"), help="default: the sweep's mode for its objective")
+    _tracking_argument(p)
+    p.set_defaults(func=cmd_best)
+
+    p = sub.add_parser("sync", help="upload a sweep's results from its storage folder to MLflow (only what is missing)")
+    p.add_argument("path", help="the sweep's storage folder, <storage.path>/<name>")
+    _tracking_argument(p, "the store the sweep used")
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the local store")
+    p.add_argument("--port", type=int, default=5000, help="default: 5000")
+    _tracking_argument(p)
+    p.set_defaults(func=cmd_ui)
     return parser
+
+
+def _tracking_argument(p: argparse.ArgumentParser,
+                       default: str = "$MLFLOW_TRACKING_URI, else the embedded sqlite:///mlruns.db") -> None:
+    p.add_argument("--tracking-uri", metavar="URI", help=f"MLflow tracking server or store (default: {default})")
+
+
+def _ray_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a new local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, FileExistsError) as error:
         print(f"clsweep {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except TrainingDivergedError as error:
+        print(f"clsweep {args.command}: training diverged: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

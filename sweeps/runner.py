@@ -1,0 +1,462 @@
+"""Run, resume and read sweeps: Ray Tune's Tuner with the spec's search algorithm, scheduler,
+resources and storage.
+
+    state = run_sweep(load_spec("search_spaces/quickstart.yaml"))
+    state = resume_sweep("ray_results/quickstart")          # after the driver died
+    state = load_sweep("ray_results/quickstart")            # from storage only (`clsweep status`)
+
+Ray: `run_sweep` joins the cluster at ``address`` (or ``$RAY_ADDRESS``; inside ``ray job submit``
+that is set for you) and otherwise starts a local Ray instance without the dashboard; a Ray
+already initialised in this process is used as it is.
+
+Data: the dataset is read once, in the driver, before Ray starts (so a missing dataset fails at
+once), and shared with every trial through the object store (`tune.with_parameters`): each node
+fetches it once, and each trial builds its own tasks from it on its own device.
+
+Storage (``<storage.path>/<name>``) holds, next to Ray's own files: ``sweep.yaml`` (the
+validated spec, overrides applied: `resume_sweep` and `load_sweep` need nothing else),
+``trial_times.jsonl`` (the driver's wall time per trial), and at the end ``summary.json`` and
+``best_config.yaml`` (the best trial's ExperimentConfig: ``clsweep train`` reruns it). Each
+trial's folder (``trial_<id>``) holds ``tasks.jsonl``, written by the trial itself, one line per
+task (metrics, accuracy matrices, node id, the trial's config at that task), its task
+checkpoints, and when it failed ``error.txt`` (Ray's) with the reason. Storage is a local or
+shared directory (on a multi-node cluster every node must reach it, as Ray requires).
+
+The best trial is the best of those that saw every task: a trial a scheduler stopped early was
+scored on fewer tasks, so its value does not compare (average accuracy over two tasks is
+usually higher than over five). For the same reason Optuna is told such a trial was pruned, not
+complete, so TPE does not take its early score for a final one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ray import tune
+from ray.tune import schedulers as S
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from clcore.config import ExperimentConfig
+from clcore.data import load_raw
+from sweeps import space
+from sweeps.spec import SweepSpec
+from sweeps.trainable import FAILURE_FILE, TASKS_FILE, TrialLoggerFactory, run_trial, trial_dirname
+
+SPEC_FILE = "sweep.yaml"
+SUMMARY_FILE = "summary.json"
+BEST_CONFIG_FILE = "best_config.yaml"
+TRIAL_TIMES_FILE = "trial_times.jsonl"
+TIME_ATTR = "tasks_seen"
+
+# Ray settings for a readable console and lean storage; set only where the user has not. Ray
+# reads them when the sweep starts.
+#   RAY_AIR_NEW_OUTPUT=0: the classic trial table (a CLIReporter with the objective and the
+#     searched values as columns) instead of a box of every metric after each trial result;
+#   TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1: no TensorBoard event files; result.json and
+#     progress.csv come from the two loggers the runner adds itself;
+#   TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S=0: no warning each time trials
+#     checkpoint faster than every 5 s (they checkpoint after every task, by design).
+RAY_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+           "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+
+
+class SweepExistsError(FileExistsError):
+    """The sweep's storage folder already holds a sweep."""
+
+
+# ------------------------------------------------------------------------------ tracking hook
+class Tracking:
+    """Where a sweep's results go besides Ray storage. This default goes nowhere.
+
+    On the driver the runner calls `sweep_started` before Ray Tune starts (also on resume), adds
+    `callbacks` to Ray Tune (they are attached after ``tuner.pkl`` is written, so they are never
+    pickled into it: a resumed sweep gets fresh ones), hands the picklable factory from
+    `trial_logger` to every trial, and calls `sweep_finished` with the state read back from
+    storage. In a trial, ``factory(trial_id, trial_name, config)`` is called once and the function
+    it returns gets every result the trial reports (what goes into ``tasks.jsonl`` and Ray's ``result.json``).
+    """
+
+    def sweep_started(self, spec: SweepSpec, experiment_dir: Path, resumed: bool) -> None:
+        """Before Ray Tune starts."""
+
+    def callbacks(self) -> list:
+        """Ray Tune callbacks for the driver."""
+        return []
+
+    def trial_logger(self) -> Optional[TrialLoggerFactory]:
+        """A picklable ``(trial_id, trial_name, config) -> (result -> None)``, or None."""
+        return None
+
+    def sweep_finished(self, spec: SweepSpec, state: "SweepState") -> None:
+        """After the sweep (also after an interrupted one)."""
+
+
+# ------------------------------------------------------------------------------ reading storage
+@dataclass
+class TrialRecord:
+    """One trial as storage keeps it."""
+
+    trial_id: str
+    status: str  # Ray's: PENDING, RUNNING, PAUSED, TERMINATED or ERROR
+    params: dict[str, Any]  # the searched values (after PBT's last mutation)
+    history: list[dict]  # the result reported after each task, in task order
+    path: str  # the trial's folder
+    n_tasks: int
+    error: Optional[str] = None  # the last line of the error, for a failed trial
+    num_failures: int = 0
+    wall_seconds: Optional[float] = None  # on the driver: first start to end
+
+    @property
+    def last(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+    @property
+    def tasks_seen(self) -> int:
+        return int(self.last.get(TIME_ATTR, 0))
+
+    @property
+    def outcome(self) -> str:
+        """complete | stopped early | failed | running | pending."""
+        if self.status == "ERROR":
+            return "failed"
+        if self.status == "TERMINATED":
+            return "complete" if self.tasks_seen >= self.n_tasks else "stopped early"
+        return "pending" if self.status == "PENDING" and not self.history else "running"
+
+    @property
+    def epochs_trained(self) -> int:
+        return int(self.last.get("epochs_trained", 0))
+
+
+@dataclass
+class SweepState:
+    spec: SweepSpec
+    path: Path
+    trials: list[TrialRecord] = field(default_factory=list)
+    wall_seconds: Optional[float] = None  # of the last run or resume
+
+    def best(self) -> Optional[TrialRecord]:
+        """The complete trial with the best objective (None while no trial is complete)."""
+        metric = self.spec.objective.metric
+        done = [t for t in self.trials if t.outcome == "complete" and _finite(t.last.get(metric))]
+        if not done:
+            return None
+        pick = max if self.spec.mode == "max" else min
+        return pick(done, key=lambda t: t.last[metric])
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for trial in self.trials:
+            out[trial.outcome] = out.get(trial.outcome, 0) + 1
+        return out
+
+    def trial_config(self, trial: TrialRecord) -> ExperimentConfig:
+        return self.spec.trial_config(trial.params)
+
+    def to_summary(self) -> dict:
+        best = self.best()
+        return {
+            "name": self.spec.name, "path": str(self.path), "objective": self.spec.objective.metric,
+            "mode": self.spec.mode, "wall_seconds": self.wall_seconds, "counts": self.counts(),
+            "best_trial": None if best is None else {
+                "trial_id": best.trial_id, "value": best.last[self.spec.objective.metric], "params": best.params,
+                "path": best.path, "val_matrix": best.last.get("val_matrix"),
+                "test_matrix": best.last.get("test_matrix")},
+            "trials": [{"trial_id": t.trial_id, "status": t.status, "outcome": t.outcome, "params": t.params,
+                        "tasks_seen": t.tasks_seen, "epochs_trained": t.epochs_trained,
+                        "value": t.last.get(self.spec.objective.metric), "error": t.error,
+                        "wall_seconds": t.wall_seconds, "clcore_seconds": t.last.get("clcore_seconds"),
+                        "node_id": t.last.get("node_id"), "path": t.path} for t in self.trials],
+        }
+
+
+def load_sweep(path: str | Path) -> SweepState:
+    """A sweep's state from its storage folder alone (running, interrupted or finished)."""
+    path = Path(path).expanduser().resolve()
+    spec_file = path / SPEC_FILE
+    if not spec_file.exists():
+        raise FileNotFoundError(f"{path}: no {SPEC_FILE} here; give a sweep's storage folder "
+                                f"(<storage.path>/<name>, printed by `clsweep run`)")
+    spec = SweepSpec.from_yaml(spec_file)
+    if not any(path.glob("experiment_state-*.json")):
+        return SweepState(spec, path)  # Ray has not written its first snapshot yet
+    walls = _trial_times(path)
+    n_tasks = spec.n_tasks
+    trials = []
+    for trial in tune.ExperimentAnalysis(str(path)).trials:
+        error = trial.get_error() if trial.status == "ERROR" else None
+        trials.append(TrialRecord(
+            trial.trial_id, trial.status, dict(trial.config), _history(Path(trial.path) / TASKS_FILE),
+            trial.path, n_tasks, _last_line(error) if error else None, trial.num_failures,
+            walls.get(trial.trial_id)))
+    return SweepState(spec, path, sorted(trials, key=lambda t: t.trial_id))
+
+
+def _history(tasks_file: Path) -> list[dict]:
+    """One result per task; when a restored trial reported a task again, its last report counts."""
+    if not tasks_file.exists():
+        return []
+    by_task: dict[int, dict] = {}
+    for line in tasks_file.read_text().splitlines():
+        if line.strip():
+            result = json.loads(line)
+            by_task[int(result.get(TIME_ATTR, 0))] = result
+    return [by_task[k] for k in sorted(by_task)]
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def _trial_times(path: Path) -> dict[str, float]:
+    file = path / TRIAL_TIMES_FILE
+    if not file.exists():
+        return {}
+    rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    return {row["trial_id"]: row["wall_seconds"] for row in rows}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# ------------------------------------------------------------------------------ running
+def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optional[int] = None,
+              tracking: Optional[Tracking] = None, verbose: int = 1) -> SweepState:
+    """Run ``spec`` to the end on Ray Tune; the state read back from storage.
+
+    Raises `SweepExistsError` if its storage folder already holds a sweep (`resume_sweep` continues one).
+    """
+    path = spec.experiment_path
+    spec = _stored_at(spec, path)
+    if (path / SPEC_FILE).exists() or any(path.glob("experiment_state-*.json")):
+        raise SweepExistsError(f"{path} already holds a sweep: continue it with `clsweep resume {path}`, "
+                               f"or give this one another name (--set name=...) or storage.path")
+    tracking = tracking or Tracking()
+    raw = load_raw(spec.example_config().benchmark)
+    init_ray(address, num_cpus)
+    path.mkdir(parents=True, exist_ok=True)
+    spec.to_yaml(path / SPEC_FILE)
+    tracking.sweep_started(spec, path, resumed=False)
+    tuner = tune.Tuner(
+        _trainable(spec, raw, tracking),
+        param_space=space.param_space(spec),
+        tune_config=tune.TuneConfig(metric=spec.objective.metric, mode=spec.mode,
+                                    search_alg=search_algorithm(spec), scheduler=scheduler(spec),
+                                    num_samples=spec.algorithm.num_samples, reuse_actors=True,
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=str(path.parent), verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.storage.checkpoints_to_keep),
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback()], progress_reporter=_reporter(spec)))
+    return _fit(tuner, spec, path, tracking)
+
+
+def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: Optional[int] = None,
+                 errored: str = "keep", tracking: Optional[Tracking] = None) -> SweepState:
+    """Continue an interrupted sweep from its storage folder.
+
+    Finished trials are kept as they are; unfinished ones continue from their last task
+    checkpoint; the search algorithm continues where it stopped. ``errored``: ``keep`` leaves
+    failed trials failed, ``resume`` retries them from their last checkpoint, ``restart`` from scratch.
+    """
+    if errored not in ("keep", "resume", "restart"):
+        raise ValueError(f"errored must be keep, resume or restart, got {errored!r}")
+    path = Path(path).expanduser().resolve()
+    if not (path / "tuner.pkl").exists():
+        raise FileNotFoundError(f"{path}: not a sweep Ray Tune has started (no tuner.pkl); give the folder "
+                                f"`clsweep run` printed (<storage.path>/<name>)")
+    state = load_sweep(path)
+    spec = _stored_at(state.spec, path)  # the folder may have moved
+    if errored != "keep":  # the user asks for failed trials again: forget that they failed, and for
+        for trial in state.trials:  # a restart, where they had got to
+            if trial.status == "ERROR":
+                (Path(trial.path) / FAILURE_FILE).unlink(missing_ok=True)
+                for checkpoint in Path(trial.path).glob("checkpoint_*") if errored == "restart" else ():
+                    shutil.rmtree(checkpoint)
+    tracking = tracking or Tracking()
+    raw = load_raw(spec.example_config().benchmark)
+    init_ray(address, num_cpus)
+    tracking.sweep_started(spec, path, resumed=True)  # before trial_logger() is asked for
+    tuner = tune.Tuner.restore(str(path), _trainable(spec, raw, tracking), resume_unfinished=True,
+                               resume_errored=errored == "resume", restart_errored=errored == "restart")
+    return _fit(tuner, spec, path, tracking)
+
+
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start a local Ray; nothing if Ray is up in this process."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith("ray://"):
+        raise ValueError(f"{address}: Ray Client addresses are not supported; submit the sweep as a Ray Job "
+                         f"(ray job submit -- clsweep run ...) or run clsweep on a cluster node (--address auto)")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+
+
+def _stored_at(spec: SweepSpec, experiment_path: Path) -> SweepSpec:
+    """``spec`` with its storage path made absolute, as trials (in other working directories) need it."""
+    return dataclasses.replace(spec, storage=dataclasses.replace(spec.storage, path=str(experiment_path.parent)))
+
+
+def _trainable(spec: SweepSpec, raw, tracking: Tracking):
+    trainable = tune.with_parameters(run_trial, spec=spec, raw=raw, trial_logger=tracking.trial_logger())
+    return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def _trial_dirname(trial) -> str:
+    return trial_dirname(trial.trial_id)
+
+
+def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking) -> SweepState:
+    _attach_callbacks(tuner, [_TrialTimer(path), *tracking.callbacks()])
+    started = time.perf_counter()
+    tuner.fit()
+    state = load_sweep(path)
+    state.wall_seconds = time.perf_counter() - started
+    (path / SUMMARY_FILE).write_text(json.dumps(state.to_summary(), indent=2, default=str))
+    best = state.best()
+    if best is not None:
+        state.trial_config(best).to_yaml(path / BEST_CONFIG_FILE)
+    tracking.sweep_finished(spec, state)
+    return state
+
+
+def _attach_callbacks(tuner, callbacks: list) -> None:
+    """Add driver callbacks to the Tuner's run config after ``tuner.pkl`` was written: they hold
+    live state (files, clients) that must not be pickled into it and restored stale on resume."""
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks = [*(run_config.callbacks or []), *callbacks]
+
+
+def _reporter(spec: SweepSpec):
+    return _Reporter(
+        spec.n_tasks,
+        metric_columns={TIME_ATTR: "tasks", spec.objective.metric: spec.objective.metric,
+                        "epochs_trained": "epochs"},
+        parameter_columns=list(spec.search), max_report_frequency=15, sort_by_metric=False,
+        max_progress_rows=40, max_error_rows=10)
+
+
+class _Reporter(tune.CLIReporter):
+    """Ray's trial table, whose "current best trial" is the best of the trials that saw every task."""
+
+    def __init__(self, n_tasks: int, **kwargs):
+        super().__init__(**kwargs)
+        self.n_tasks = n_tasks
+
+    def _current_best_trial(self, trials):
+        return super()._current_best_trial(
+            [t for t in trials if (t.last_result or {}).get(TIME_ATTR) == self.n_tasks])
+
+
+class _TrialTimer(tune.Callback):
+    """Driver wall time of each trial, from its first start to its end, appended to ``trial_times.jsonl``."""
+
+    def __init__(self, experiment_dir: Path):
+        self.file = Path(experiment_dir) / TRIAL_TIMES_FILE
+        self.started: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.started.setdefault(trial.trial_id, time.perf_counter())
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial)
+
+    def _ended(self, trial) -> None:
+        if trial.trial_id in self.started:
+            wall = time.perf_counter() - self.started.pop(trial.trial_id)
+            with self.file.open("a") as f:
+                f.write(json.dumps({"trial_id": trial.trial_id, "wall_seconds": wall}) + "\n")
+
+
+# ------------------------------------------------------------------------------ search and schedulers
+def search_algorithm(spec: SweepSpec):
+    """OptunaSearch (TPE unless the spec says random) in a concurrency limit, or Ray's random/grid generator."""
+    a = spec.algorithm
+    points = space.points_to_evaluate(spec)
+    if a.name == "optuna":
+        import optuna
+
+        sampler = (optuna.samplers.RandomSampler(seed=a.seed) if a.sampler == "random" else
+                   optuna.samplers.TPESampler(seed=a.seed, **({"n_startup_trials": a.n_startup_trials}
+                                                              if a.n_startup_trials else {})))
+        searcher = _OptunaSearch(n_tasks=spec.n_tasks, sampler=sampler, points_to_evaluate=points)
+        return ConcurrencyLimiter(searcher, a.max_concurrent) if a.max_concurrent else searcher
+    return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=a.max_concurrent or 0,
+                                 random_state=a.seed)
+
+
+def scheduler(spec: SweepSpec):
+    """The spec's trial scheduler; its time is tasks seen, and a trial ends after ``n_tasks``."""
+    s, n_tasks = spec.scheduler, spec.n_tasks
+    if s.name == "asha":
+        return S.ASHAScheduler(time_attr=TIME_ATTR, max_t=n_tasks, grace_period=s.grace_period,
+                               reduction_factor=s.reduction_factor, brackets=s.brackets)
+    if s.name == "hyperband":
+        return S.HyperBandScheduler(time_attr=TIME_ATTR, max_t=n_tasks, reduction_factor=s.reduction_factor)
+    if s.name == "median":
+        return S.MedianStoppingRule(time_attr=TIME_ATTR, grace_period=s.grace_period,
+                                    min_samples_required=s.min_samples_required)
+    if s.name == "pbt":
+        return S.PopulationBasedTraining(
+            time_attr=TIME_ATTR, perturbation_interval=s.perturbation_interval, burn_in_period=s.burn_in_period,
+            hyperparam_mutations=space.pbt_mutations(spec), quantile_fraction=s.quantile_fraction,
+            resample_probability=s.resample_probability, custom_explore_fn=space.ClipToSpace(spec),
+            synch=True)  # compare trials at the same number of tasks seen: scores after k and k+1 tasks do not compare
+    return S.FIFOScheduler()
+
+
+class _OptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna "pruned" for a trial that ended before its last task.
+
+    A trial a scheduler stopped early was scored on fewer tasks, and a trial that failed after
+    some tasks (a NaN loss with a huge lambda, say) has no final score at all. Ray's OptunaSearch
+    would tell Optuna the first one is complete with its early score and the second one failed,
+    which TPE ignores, so it would go on proposing lambdas that diverge. Pruned, both rank below
+    every complete trial, by how many tasks they got through (Optuna has their per-task values).
+    Ray's OptunaSearch tells "pruned" for a result without the metric; that is how it is done here.
+    """
+
+    def __init__(self, *, n_tasks: int, **kwargs):
+        super().__init__(**kwargs)
+        self.n_tasks = n_tasks
+        self.reported: set[str] = set()  # trials with at least one result
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.reported.add(trial_id)
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if error and trial_id in self.reported:
+            result, error = None, False
+        elif result and not error and result.get(TIME_ATTR, self.n_tasks) < self.n_tasks:
+            result = {k: v for k, v in result.items() if k != self.metric}
+        self.reported.discard(trial_id)
+        super().on_trial_complete(trial_id, result, error)
+
+
+__all__ = ["run_sweep", "resume_sweep", "load_sweep", "init_ray", "Tracking", "SweepState", "TrialRecord",
+           "SweepExistsError", "search_algorithm", "scheduler", "SPEC_FILE", "SUMMARY_FILE", "BEST_CONFIG_FILE"]

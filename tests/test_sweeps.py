@@ -1,0 +1,234 @@
+"""Real sweeps on a real local Ray runtime, on the synthetic benchmark with tiny MLPs.
+
+One Ray instance (2 CPUs) serves the in-process sweeps; trials take half a CPU, so four run at
+once. The resume test runs `clsweep` in child processes, kills the first one (driver and the Ray
+it started) mid-sweep and resumes from storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import clcore
+from clcore.config import ExperimentConfig
+from sweeps.cli import main
+from sweeps.spec import SweepSpec
+
+ray = pytest.importorskip("ray")
+
+from sweeps import space  # noqa: E402  (imports Ray)
+from sweeps.runner import load_sweep, run_sweep  # noqa: E402
+from sweeps.trainable import TASKS_FILE  # noqa: E402
+
+
+def sweep(tmp_path: Path, name: str, **sections) -> dict:
+    """A sweep mapping on the synthetic benchmark (5 tasks, MLP 32); ``sections`` replace sections."""
+    data = {
+        "name": name,
+        "base": {"benchmark": {"name": "synthetic", "scenario": "task", "n_tasks": 5},
+                 "model": {"name": "mlp", "hidden_sizes": [32]},
+                 "strategy": {"name": "naive"},
+                 "train": {"optimizer": "sgd", "lr": 0.1, "epochs": 1, "batch_size": 32, "device": "cpu"}},
+        "search": {"train.lr": {"dist": "loguniform", "low": 1e-4, "high": 1.0},
+                   "train.momentum": {"dist": "uniform", "low": 0.0, "high": 0.9}},
+        "objective": {"metric": "val_average_accuracy"},
+        "resources": {"cpu": 0.5},
+        "storage": {"path": str(tmp_path / "results")},
+        "max_failures": 1,
+    }
+    data.update(sections)
+    return data
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def task_rows(trial_path: str) -> list[dict]:
+    """Every line a trial wrote to its ``tasks.jsonl`` (`TrialRecord.history` drops repeats)."""
+    return [json.loads(line) for line in Path(trial_path, TASKS_FILE).read_text().splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------ schedulers
+def test_optuna_asha_stops_trials_early_and_reports_the_best_complete_trial(tmp_path, local_ray, capsys):
+    spec = SweepSpec.from_dict(sweep(
+        tmp_path, "asha",
+        # Two good learners first, then a slow one: with two trials at a time the slow learner reaches
+        # ASHA's first rung after both good ones have, so it is cut whatever the machine's load.
+        algorithm={"name": "optuna", "num_samples": 8, "max_concurrent": 2, "seed": 0,
+                   "points_to_evaluate": [{"train.lr": 0.1, "train.momentum": 0.5},
+                                          {"train.lr": 0.05, "train.momentum": 0.5},
+                                          {"train.lr": 1e-4, "train.momentum": 0.0}]},
+        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2}))
+    state = run_sweep(spec, verbose=0)
+
+    counts = state.counts()
+    assert len(state.trials) == 8 and counts.get("failed", 0) == 0
+    assert counts.get("stopped early", 0) >= 1, counts  # ASHA cut at least one trial after a task
+    assert counts.get("complete", 0) >= 1, counts
+    for trial in state.trials:
+        assert [row["tasks_seen"] for row in trial.history] == list(range(1, trial.tasks_seen + 1))
+        assert trial.last["data_shared"] is True  # the dataset came through the object store
+        assert len(trial.last["val_matrix"]) == trial.tasks_seen
+        assert trial.last["node_id"] and trial.last["clcore_seconds"] > 0
+        assert trial.wall_seconds is not None and trial.wall_seconds >= trial.last["clcore_seconds"]
+
+    best = state.best()
+    assert best.outcome == "complete"
+    assert best.last["val_average_accuracy"] == max(
+        t.last["val_average_accuracy"] for t in state.trials if t.outcome == "complete")
+
+    # storage alone tells the same story, and the best config reruns to the same accuracy matrix
+    path = spec.experiment_path
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["best_trial"]["trial_id"] == best.trial_id
+    assert load_sweep(path).best().trial_id == best.trial_id
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the trial: the same reduction order, the same predictions
+    try:
+        rerun = clcore.run(ExperimentConfig.from_yaml(path / "best_config.yaml"))
+    finally:
+        torch.set_num_threads(threads)
+    assert rerun.val_matrix == best.last["val_matrix"]
+
+    capsys.readouterr()
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"best trial {best.trial_id}" in out and "stopped early" in out and "validation accuracy matrix" in out
+
+
+def test_pbt_changes_hyperparameters_of_running_trials(tmp_path, local_ray):
+    spec = SweepSpec.from_dict(sweep(
+        tmp_path, "pbt",
+        base={"benchmark": {"name": "synthetic", "scenario": "task", "n_tasks": 5},
+              "model": {"name": "mlp", "hidden_sizes": [32]},
+              "strategy": {"name": "ewc", "mode": "online", "fisher_samples": 64},
+              "train": {"optimizer": "sgd", "lr": 0.1, "epochs": 2, "batch_size": 32, "device": "cpu"}},
+        search={"train.lr": {"dist": "loguniform", "low": 1e-3, "high": 0.1},
+                "strategy.lambda": {"dist": "loguniform", "low": 1.0, "high": 100.0},
+                "strategy.decay_factor": {"dist": "uniform", "low": 0.5, "high": 1.0}},
+        algorithm={"name": "random", "num_samples": 4, "max_concurrent": 4, "seed": 1},
+        scheduler={"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
+                   "resample_probability": 0.5}))
+    state = run_sweep(spec, verbose=0)
+
+    assert state.counts() == {"complete": 4}
+    changed = []
+    for trial in state.trials:
+        configs = [row["config"] for row in trial.history]
+        changed += [(trial.trial_id, before, after) for before, after in zip(configs, configs[1:]) if before != after]
+        for config in configs:  # mutations stay inside the search space
+            assert 1e-3 <= config["train.lr"] <= 0.1 and 0.5 <= config["strategy.decay_factor"] <= 1.0
+    assert changed, "PBT never changed the config of a running trial"
+    assert any(Path(spec.experiment_path).glob("pbt_policy_*.txt"))
+
+
+# ------------------------------------------------------------------------------ failures
+def test_a_diverging_or_invalid_trial_fails_alone_with_its_reason(tmp_path, local_ray):
+    """Grid: lr 1e12 diverges (NaN loss); head ``multi`` with scenario ``domain`` is an invalid config
+    (each value is valid with the other keys' first values, so only the combination fails)."""
+    spec = SweepSpec.from_dict(sweep(
+        tmp_path, "failures",
+        search={"train.lr": {"dist": "grid", "values": [0.1, 1.0e12]},
+                "benchmark.scenario": {"dist": "grid", "values": ["task", "domain"]},
+                "model.head": {"dist": "grid", "values": ["auto", "multi"]}},
+        algorithm={"name": "grid", "max_concurrent": 4}, scheduler="fifo"),
+        overrides=["benchmark.n_tasks=2"])
+    state = run_sweep(spec, verbose=0)
+
+    assert len(state.trials) == 8
+    for trial in state.trials:
+        p = trial.params
+        if p["benchmark.scenario"] == "domain" and p["model.head"] == "multi":
+            expected = "ConfigError: model.head: 'multi' does not fit scenario 'domain'"
+        elif p["train.lr"] > 1:
+            expected = "TrainingDivergedError: non-finite loss"
+        else:
+            assert trial.outcome == "complete" and trial.error is None, trial
+            continue
+        assert trial.outcome == "failed" and expected in trial.error, (p, trial.error)
+        assert "not retried: this failure is deterministic" in trial.error  # the one retry re-raised at once
+    assert state.best() is not None and state.best().params["train.lr"] == 0.1
+
+
+# ------------------------------------------------------------------------------ resume
+def test_resume_after_the_driver_is_killed_runs_every_trial_exactly_once(tmp_path):
+    data = sweep(tmp_path, "resume", algorithm={"name": "random", "num_samples": 4, "max_concurrent": 2, "seed": 0},
+                 scheduler="fifo", resources={"cpu": 1})
+    data["base"]["train"].update(epochs=20, batch_size=16)  # a few seconds per trial
+    data["search"] = {"train.lr": {"dist": "loguniform", "low": 1e-2, "high": 0.3}}
+    spec_file = tmp_path / "resume.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    experiment = tmp_path / "results" / "resume"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    clsweep = [sys.executable, "-m", "sweeps.cli"]
+
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen([*clsweep, "run", str(spec_file), "--num-cpus", "2"], stdout=log, stderr=subprocess.STDOUT,
+                             env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not _finished_trials(experiment) and time.time() < deadline and first.poll() is None:
+            time.sleep(0.5)
+        finished = _finished_trials(experiment)
+        assert finished and first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        first.wait()
+    before = {t: (experiment / f"trial_{t}" / TASKS_FILE).read_text() for t in finished}
+    assert len(_finished_trials(experiment)) < 4, "the sweep ended before it could be killed"
+
+    done = subprocess.run([*clsweep, "resume", str(experiment), "--num-cpus", "2"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "sweep resume: 4 trials" in done.stdout
+
+    state = load_sweep(experiment)
+    assert len(state.trials) == 4 and len({t.trial_id for t in state.trials}) == 4
+    assert state.counts() == {"complete": 4}
+    for trial in state.trials:  # every task of every trial reported, none twice
+        assert [row["tasks_seen"] for row in task_rows(trial.path)] == [1, 2, 3, 4, 5]
+    for trial_id, text in before.items():  # finished trials were not run again
+        assert (experiment / f"trial_{trial_id}" / TASKS_FILE).read_text() == text
+
+
+def _finished_trials(experiment: Path) -> list[str]:
+    times = experiment / "trial_times.jsonl"
+    if not times.exists():
+        return []
+    return [json.loads(line)["trial_id"] for line in times.read_text().splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------ search space
+def test_search_space_conversion_and_pbt_clipping(tmp_path):
+    data = sweep(tmp_path, "space", algorithm={"name": "random", "num_samples": 2}, scheduler={"name": "pbt"})
+    data["base"]["strategy"] = {"name": "rwalk"}
+    data["search"] = {"strategy.alpha": {"dist": "uniform", "low": 0.5, "high": 1.0},
+                      "strategy.delta_t": {"dist": "randint", "low": 1, "high": 3},
+                      "train.lr": {"dist": "quniform", "low": 0.01, "high": 0.1, "q": 0.01},
+                      "model.hidden_sizes": {"dist": "choice", "values": [[32], [64, 64]]}}
+    spec = SweepSpec.from_dict(data)
+    domains = space.param_space(spec)
+    samples = {domains["strategy.delta_t"].sample() for _ in range(200)}
+    assert samples == {1, 2, 3}  # randint's high is inclusive in sweep files
+    assert set(domains["model.hidden_sizes"].categories) == {"[32]", "[64, 64]"}
+    assert spec.scheduler.mutate == ["strategy.alpha", "strategy.delta_t", "train.lr"]
+    mutations = space.pbt_mutations(spec)
+    assert set(mutations) == set(spec.scheduler.mutate)
+    clipped = space.ClipToSpace(spec)({"strategy.alpha": 1.08, "strategy.delta_t": 0.4, "train.lr": 0.0432})
+    assert clipped["strategy.alpha"] == 1.0 and clipped["strategy.delta_t"] == 1
+    assert clipped["train.lr"] == pytest.approx(0.04)  # back on the grid of multiples of q
