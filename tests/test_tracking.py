@@ -1,0 +1,203 @@
+"""MLflow tracking of real sweeps: the embedded SQLite store, a real `mlflow server`, a server that
+dies mid-sweep, resume and sync without duplicates; and the tracking layer's own rules."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import mlflow_sweeps as H
+from mlflow_sweeps import ray_down_after_module, sqlite_sweep_folder  # noqa: F401 - fixtures
+from conftest import small_config
+from sweeps import plots
+from sweeps import tracking as T
+
+
+def _tracked(sweep_dir: Path):
+    """Run ids and metric histories, to compare before and after a resume or sync."""
+    from mlflow import MlflowClient
+
+    identity = json.loads((sweep_dir / T.STATE_FILE).read_text())
+    client = MlflowClient(identity["tracking_uri"])
+    store = T.Store(identity["tracking_uri"], sweep_dir.name)
+    runs = store.trial_runs(identity["sweep_id"])
+    parent = store.find_run({T.SWEEP_ID_TAG: identity["sweep_id"], T.KIND_TAG: "sweep"})
+    histories = {tid: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_average_accuracy"))
+                 for tid, r in runs.items()}
+    parent_history = len(client.get_metric_history(parent.info.run_id, "val_average_accuracy"))
+    return parent.info.run_id, {tid: r.info.run_id for tid, r in runs.items()}, histories, parent_history
+
+
+# ------------------------------------------------------------------------------ (a) embedded SQLite store
+def test_sweep_logs_to_the_embedded_sqlite_store(sqlite_sweep_folder):
+    sweep_dir = H.sweep_folder(sqlite_sweep_folder)
+    identity = json.loads((sweep_dir / T.STATE_FILE).read_text())
+    assert identity["tracking_uri"] == f"sqlite:///{sqlite_sweep_folder.resolve() / 'mlruns.db'}"  # ./mlruns.db
+    by_trial = H.check_sweep_in_mlflow(identity["tracking_uri"], sweep_dir)
+    statuses = [run.data.tags[T.STATUS_TAG] for run in by_trial.values()]
+    assert T.STOPPED_EARLY in statuses, f"ASHA stopped no trial: {statuses}"
+    assert T.FINISHED in statuses
+    assert any((sqlite_sweep_folder / "mlartifacts" / "tiny_ewc").rglob("accuracy_matrix_test.png"))  # local artifacts
+
+
+def test_resume_and_sync_log_into_the_same_runs_without_duplicates(sqlite_sweep_folder):
+    sweep_dir = H.sweep_folder(sqlite_sweep_folder)
+    before = _tracked(sweep_dir)
+    assert H.clsweep("resume", sweep_dir, "--num-cpus", "2", folder=sqlite_sweep_folder) == 0
+    assert H.clsweep("sync", sweep_dir, folder=sqlite_sweep_folder) == 0
+    assert _tracked(sweep_dir) == before
+    H.check_sweep_in_mlflow(json.loads((sweep_dir / T.STATE_FILE).read_text())["tracking_uri"], sweep_dir)
+
+
+# ------------------------------------------------------------------------------ (b) a real mlflow server
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real `mlflow server` process on 127.0.0.1 (SQLite backend, artifacts served by it)."""
+    server = H.MlflowServer(tmp_path_factory.mktemp("mlflow-server"), H.free_port()).start()
+    yield server
+    server.stop()
+
+
+def test_sweep_logs_to_a_real_mlflow_server_from_the_ray_workers(server, tmp_path):
+    spec = H.write_sweep(tmp_path, tracking={"mlflow": False})  # --tracking-uri turns tracking on
+    assert H.clsweep("run", spec, "--num-cpus", "2", "--tracking-uri", server.url, folder=tmp_path) == 0
+    sweep_dir = H.sweep_folder(tmp_path)
+    H.check_sweep_in_mlflow(server.url, sweep_dir)
+    assert not (tmp_path / "mlruns.db").exists()
+    trial_runs = T.Store(server.url, "tiny_ewc").trial_runs(json.loads((sweep_dir / T.STATE_FILE).read_text())["sweep_id"])
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in trial_runs.values())
+    assert any(server.artifacts.rglob("accuracy_matrix_test.csv")), "artifacts go through the server"
+
+
+def test_a_server_that_dies_mid_sweep_loses_nothing_after_sync(server, tmp_path, caplog):
+    from mlflow import MlflowClient
+
+    spec = H.write_sweep(tmp_path, name="tiny_ewc_dies", scheduler={"name": "fifo"},
+                         algorithm={**H.SWEEP["algorithm"], "num_samples": 4})
+    outcome = {}
+    sweep = threading.Thread(target=lambda: outcome.setdefault("rc", H.clsweep(
+        "run", spec, "--num-cpus", "2", "--tracking-uri", server.url, folder=tmp_path)))
+    try:
+        with caplog.at_level(logging.WARNING, logger="clsweep.tracking"):
+            sweep.start()
+            client = MlflowClient(server.url)
+            deadline = time.monotonic() + 120
+            while True:  # once a worker has logged a task straight to the server, stop the server
+                experiment = client.get_experiment_by_name("tiny_ewc_dies")
+                trials = client.search_runs([experiment.experiment_id], "tags.`clsweep.kind` = 'trial'") \
+                    if experiment else []
+                if any(client.get_metric_history(r.info.run_id, "tasks_seen") for r in trials):
+                    break
+                assert sweep.is_alive() and time.monotonic() < deadline, "no trial logged to the server"
+                time.sleep(0.2)
+            server.stop(signal.SIGKILL)
+            sweep.join(timeout=300)
+        assert outcome.get("rc") == 0, "the sweep must finish without its tracking server"
+        sweep_dir = H.sweep_folder(tmp_path, "tiny_ewc_dies")
+        assert f"clsweep sync {sweep_dir}" in caplog.text
+        assert json.loads((sweep_dir / "summary.json").read_text())["counts"] == {"complete": 4}
+    finally:
+        sweep.join(timeout=300)
+        server.start()  # the same store, back again
+
+    assert H.clsweep("sync", sweep_dir, folder=tmp_path) == 0
+    H.check_sweep_in_mlflow(server.url, sweep_dir)
+    once = _tracked(sweep_dir)
+    assert H.clsweep("sync", sweep_dir, folder=tmp_path) == 0
+    assert _tracked(sweep_dir) == once
+
+
+# ------------------------------------------------------------------------------ the tracking layer alone
+def test_tracking_uri_defaults_to_an_absolute_sqlite_store_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert T.resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlruns.db"
+    assert T.default_artifact_location(T.resolve_tracking_uri(), "my sweep") == \
+        (tmp_path.resolve() / "mlartifacts" / "my_sweep").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert T.resolve_tracking_uri() == "http://mlflow:5000"
+    assert T.resolve_tracking_uri("sqlite:///x/y.db") == f"sqlite:///{tmp_path.resolve()}/x/y.db"
+
+
+def test_trial_metrics_are_the_trials_numbers_without_rays_bookkeeping():
+    result = {"val_average_accuracy": 0.5, "tasks_seen": 2, "val_matrix": [[1.0]], "node_id": "abc",
+              "data_shared": True, "training_iteration": 2, "time_total_s": 3.0, "timestamp": 1, "pid": 7}
+    assert T.trial_metrics(result) == {"val_average_accuracy": 0.5, "tasks_seen": 2.0}
+
+
+def test_pareto_front_keeps_the_points_nothing_beats():
+    points = [(0.10, 0.80), (0.05, 0.70), (0.20, 0.90), (0.15, 0.75), (0.05, 0.60), (0.30, 0.85)]
+    assert plots.pareto_front(points) == [1, 0, 2]
+
+
+def _store_with_parent(tmp_path: Path):
+    db = H.new_store(tmp_path.parent, tmp_path / "mlruns.db")
+    store = T.Store(f"sqlite:///{db}", "unit")
+    parent = store.client.create_run(store.experiment_id, tags={T.KIND_TAG: "sweep", T.SWEEP_ID_TAG: "s1"})
+    return store, T.TrackingSettings(store.uri, "unit", store.experiment_id, "s1", parent.info.run_id, str(tmp_path))
+
+
+def _results(n: int) -> list[dict]:
+    return [{"val_average_accuracy": 0.9 - 0.1 * k, "tasks_seen": k, "task_loss": 0.5, "training_iteration": k,
+             "val_matrix": [[0.9] * 3] * k, "node_id": "n1"} for k in range(1, n + 1)]
+
+
+def test_trial_logger_logs_each_task_once_even_when_a_restored_trial_reports_again(tmp_path):
+    store, settings = _store_with_parent(tmp_path)
+    config = small_config(benchmark={"n_tasks": 5})
+    first = T.TrialLogger(settings, "t1", "trial_t1", config)
+    for result in _results(2):
+        first(result)
+    restored = T.TrialLogger(settings, "t1", "trial_t1", config)  # a new process after a restore: tasks 2-3
+    for result in _results(3)[1:]:
+        restored(result)
+    assert first.enabled and restored.enabled
+    runs = store.trial_runs("s1")
+    assert list(runs) == ["t1"]
+    run = runs["t1"]
+    assert run.data.tags[T.PARENT_RUN_TAG] == settings.parent_run_id and run.info.run_name == "trial_t1"
+    history = store.client.get_metric_history(run.info.run_id, "val_average_accuracy")
+    assert sorted((m.step, round(m.value, 6)) for m in history) == [(1, 0.8), (2, 0.7), (3, 0.6)]
+    assert "node_id" not in run.data.metrics and "training_iteration" not in run.data.metrics
+    assert run.data.params["strategy.name"] == "naive" and run.data.params["model.hidden_sizes"] == "[32]"
+    assert [f.path for f in store.client.list_artifacts(run.info.run_id)] == ["config.yaml"]
+
+
+def test_a_dead_server_neither_fails_nor_stalls_a_trial(tmp_path, caplog):
+    dead = f"http://127.0.0.1:{H.free_port()}"
+    settings = T.TrackingSettings(dead, "unit", "1", "s1", "p1", str(tmp_path / "sweep"))
+    logger = T.TrialLogger(settings, "t1", "trial_t1", small_config())
+    T._warned_in_this_process.discard(dead)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="clsweep.tracking"):
+        for result in _results(3):
+            logger(result)
+    assert time.monotonic() - started < 5
+    assert not logger.enabled
+    assert caplog.text.count("failed") == 1 and f"clsweep sync {tmp_path / 'sweep'}" in caplog.text
+
+
+def test_an_unreachable_server_at_the_start_leaves_the_sweep_running_and_sync_says_why(tmp_path, caplog):
+    from sweeps.spec import load_spec
+
+    dead = f"http://127.0.0.1:{H.free_port()}"
+    spec = load_spec(H.write_sweep(tmp_path))
+    folder = tmp_path / "ray_results" / "tiny_ewc"
+    folder.mkdir(parents=True)
+    hook = T.MLflowTracking(dead)
+    with caplog.at_level(logging.WARNING, logger="clsweep.tracking"):
+        hook.sweep_started(spec, folder, resumed=False)
+    assert hook.trial_logger() is None and not hook.tracker.online
+    assert "unavailable" in caplog.text and f"clsweep sync {folder}" in caplog.text
+    assert json.loads((folder / T.STATE_FILE).read_text())["tracking_uri"] == dead
+
+
+def test_sync_of_a_folder_that_is_no_sweep_says_what_to_give(tmp_path, capsys):
+    assert H.clsweep("sync", tmp_path, folder=tmp_path) == 2
+    assert "no sweep.yaml here" in capsys.readouterr().err
