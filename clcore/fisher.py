@@ -50,6 +50,21 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def ordered_parameters(model: nn.Module, names: list[str], owner: str) -> tuple[list[str], list[nn.Parameter]]:
+    """``model``'s trainable parameters in the order of ``names`` (taken from the model when empty).
+
+    Strategies keep their state in lists aligned with these; a model whose trainable parameters
+    differ from the state's is an error naming ``owner``.
+    """
+    named = trainable_parameters(model)
+    if not names:
+        names = list(named)
+    elif list(named) != names:
+        raise ValueError(f"{owner}: the model's trainable parameters {list(named)} differ from those of "
+                         f"the strategy's state {names}")
+    return names, [named[k] for k in names]
+
+
 def gradients(params: list[nn.Parameter]) -> list[torch.Tensor]:
     """``p.grad`` of each parameter, zero-filled where the last backward left it ``None``."""
     for p in params:

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from clcore.data import Task
-from clcore.fisher import ESTIMATORS, estimate_fisher, gradients, trainable_parameters
+from clcore.fisher import ESTIMATORS, estimate_fisher, gradients, ordered_parameters
 from clcore.strategies.base import Strategy
 
 MODES = ("separate", "online")
@@ -206,13 +206,7 @@ class EWC(Strategy):
         """Trainable parameters of ``model`` in `param_names` order (cached per model)."""
         if self._bound is not None and self._bound[0]() is model:
             return self._bound[1]
-        named = trainable_parameters(model)
-        if not self.param_names:
-            self.param_names = list(named)
-        elif list(named) != self.param_names:
-            raise ValueError(f"EWC: the model's trainable parameters {list(named)} differ from those the "
-                             f"importance was estimated for {self.param_names}")
-        params = [named[k] for k in self.param_names]
+        self.param_names, params = ordered_parameters(model, self.param_names, "EWC")
         device = params[0].device
         if self.importance and self.importance[0].device != device:
             self.importance = [v.to(device) for v in self.importance]

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from clcore.data import Task
-from clcore.fisher import gradients, trainable_parameters
+from clcore.fisher import gradients, ordered_parameters
 from clcore.strategies.base import Strategy
 from clcore.strategies.ewc import QuadraticPenalty
 
@@ -199,13 +199,7 @@ class RWalk(Strategy):
         """Trainable parameters of ``model`` in `param_names` order; allocates the state on first use."""
         if self._bound is not None and self._bound[0]() is model:
             return self._bound[1]
-        named = trainable_parameters(model)
-        if not self.param_names:
-            self.param_names = list(named)
-        elif list(named) != self.param_names:
-            raise ValueError(f"RWalk: the model's trainable parameters {list(named)} differ from those of "
-                             f"the strategy's state {self.param_names}")
-        params = [named[k] for k in self.param_names]
+        self.param_names, params = ordered_parameters(model, self.param_names, "RWalk")
         device = params[0].device
         with torch.no_grad():
             if not self.fisher:
