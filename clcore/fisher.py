@@ -50,6 +50,16 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def check_estimator_args(estimator: str, max_samples: int | None, batch_size: int) -> None:
+    """Raise ``ValueError`` naming the field when an importance-estimator argument is out of range."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"fisher: unknown estimator {estimator!r}; allowed: {', '.join(ESTIMATORS)}")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"fisher_samples: must be >= 1 or None (all samples), got {max_samples!r}")
+    if batch_size < 1:
+        raise ValueError(f"fisher_batch_size: must be >= 1, got {batch_size!r}")
+
+
 def ordered_parameters(model: nn.Module, names: list[str], owner: str) -> tuple[list[str], list[nn.Parameter]]:
     """``model``'s trainable parameters in the order of ``names`` (taken from the model when empty).
 
@@ -95,12 +105,7 @@ def estimate_fisher(model: nn.Module, split: Split, estimator: str = "empirical"
     per-sample gradients); it does not change their result. ``generator`` drives the labels drawn by ``sampled``
     (default: torch's global generator).
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"fisher: unknown estimator {estimator!r}; allowed: {', '.join(ESTIMATORS)}")
-    if max_samples is not None and max_samples < 1:
-        raise ValueError(f"fisher_samples: must be >= 1 or None (all samples), got {max_samples!r}")
-    if batch_size < 1:
-        raise ValueError(f"fisher_batch_size: must be >= 1, got {batch_size!r}")
+    check_estimator_args(estimator, max_samples, batch_size)
     n = len(split) if max_samples is None else min(len(split), max_samples)
     if n == 0:
         raise ValueError("cannot estimate importance on an empty split")

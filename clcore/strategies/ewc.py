@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from clcore.data import Task
-from clcore.fisher import ESTIMATORS, estimate_fisher, gradients, ordered_parameters
+from clcore.fisher import check_estimator_args, estimate_fisher, gradients, ordered_parameters
 from clcore.strategies.base import Strategy
 
 MODES = ("separate", "online")
@@ -98,12 +98,7 @@ class EWC(Strategy):
             raise ValueError(f"decay_factor: online EWC needs decay_factor in (0, 1], got {decay_factor!r}")
         if mode == "separate" and decay_factor is not None:
             raise ValueError("decay_factor: only applies to mode 'online'")
-        if fisher not in ESTIMATORS:
-            raise ValueError(f"fisher: unknown estimator {fisher!r}; allowed: {', '.join(ESTIMATORS)}")
-        if fisher_samples is not None and fisher_samples < 1:
-            raise ValueError(f"fisher_samples: must be >= 1 or None (all samples), got {fisher_samples!r}")
-        if fisher_batch_size < 1:
-            raise ValueError(f"fisher_batch_size: must be >= 1, got {fisher_batch_size!r}")
+        check_estimator_args(fisher, fisher_samples, fisher_batch_size)  # fail before task 0, not after it
         self.lambda_ = float(lambda_)
         self.mode = mode
         self.decay_factor = decay_factor
