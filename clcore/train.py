@@ -107,7 +107,7 @@ def make_optimizer(model: torch.nn.Module, train: TrainConfig, device: torch.dev
 
 @torch.inference_mode()
 def evaluate(model: ContinualModel, splits: Iterable[Split], batch_size: int) -> list[float]:
-    """Accuracy on each split, in eval mode (the model's mode is restored afterwards)."""
+    """Accuracy on each split, in eval mode (the model's mode is restored afterwards); NaN for an empty split."""
     was_training = model.training
     model.eval()
     correct = []
@@ -118,9 +118,9 @@ def evaluate(model: ContinualModel, splits: Iterable[Split], batch_size: int) ->
             sl = slice(start, start + batch_size)
             hits += (model(split.x[sl], split.task_ids[sl]).argmax(1) == split.y[sl]).sum()
         correct.append(hits)
-        sizes.append(max(len(split), 1))
+        sizes.append(len(split))
     model.train(was_training)
-    return [c / n for c, n in zip(torch.stack(correct).tolist(), sizes)]
+    return [c / n if n else math.nan for c, n in zip(torch.stack(correct).tolist(), sizes)]
 
 
 def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], None]] = (), *,
@@ -186,7 +186,7 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
         n = len(data)
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         losses = torch.zeros(cfg.epochs, steps_per_epoch, device=device)
-        penalties = torch.zeros(cfg.epochs, steps_per_epoch, device=device)
+        penalties = torch.zeros(cfg.epochs, device=device)  # the penalty's value at the end of each epoch
         model.train()
         for epoch in range(cfg.epochs):
             order = torch.randperm(n, device=device, generator=batch_order)
@@ -198,12 +198,12 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
                     loss = F.cross_entropy(model(x, task_ids), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                penalty = strategy.add_penalty_grad(model)
+                strategy.add_penalty_grad(model)
                 optimizer.step()
                 strategy.after_step(model)
                 losses[epoch, step] = loss.detach()
-                if penalty is not None:
-                    penalties[epoch, step] = penalty
+            with torch.no_grad():
+                penalties[epoch] = strategy.penalty(model)
             _check_finite(losses[epoch], t, epoch)
             epochs_trained += 1
         strategy.after_task(model, task)

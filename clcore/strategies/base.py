@@ -6,15 +6,17 @@ The training loop (`clcore.train`) calls, for each task::
     for each step:
         loss = task_loss(model(x), y)            # one forward
         loss.backward()                          # one backward, task loss only
-        penalty = strategy.add_penalty_grad(model)   # adds d(penalty)/d(theta) to p.grad in place
+        strategy.add_penalty_grad(model)         # adds d(penalty)/d(theta) to p.grad in place
         optimizer.step()
         strategy.after_step(model)
+    (after each epoch: strategy.penalty(model), for the logged value)
     strategy.after_task(model, task)
 
 Penalties are quadratic, so their gradient is written analytically into ``p.grad`` after the
 task-loss backward: strategies that need the task-loss gradient alone (RWalk's path integral)
-read it there, with no second forward or backward pass. `penalty(model)` returns the same
-penalty as a differentiable tensor, for tests and for users who want autograd.
+read it there, with no second forward or backward pass. The step never computes the penalty's
+value (that would be more passes over memory per step); `penalty(model)` returns it as a
+differentiable tensor, which the loop logs once per epoch and tests compare with autograd.
 
 State lives in plain tensors; `state_dict()` / `load_state_dict()` work like ``torch.optim``'s,
 so a checkpoint after task k restores the strategy exactly.
@@ -44,12 +46,11 @@ class Strategy:
         """The regulariser's value as a differentiable scalar (0 when there is none)."""
         return torch.zeros((), device=next(model.parameters()).device)
 
-    def add_penalty_grad(self, model: nn.Module) -> torch.Tensor | None:
-        """Add d(penalty)/d(theta) to each ``p.grad``; return the penalty's value (no graph) or None.
+    def add_penalty_grad(self, model: nn.Module) -> None:
+        """Add d(penalty)/d(theta) to each ``p.grad`` in place.
 
         Called after ``backward()`` of the task loss and before ``optimizer.step()``.
         """
-        return None
 
     def after_step(self, model: nn.Module) -> None:
         """Called after every ``optimizer.step()``."""

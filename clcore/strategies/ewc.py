@@ -33,9 +33,9 @@ lambda as it stands; its Fisher is also batch-mean gradients squared, but over f
 the model's argmax labels by default, and it always mixes ``F = alpha F_old + (1 - alpha) F_new``
 (alpha on the old importance, anchored at the latest parameters).
 
-Per step the gradient ``lambda * A * (theta - m)`` is added to ``p.grad`` in place by a few
-``torch._foreach_*`` kernels that allocate nothing (`QuadraticPenalty`), and the penalty's value comes
-out of the same pass.
+Per step the gradient ``lambda * A * (theta - m)`` is added to ``p.grad`` in place by three
+``torch._foreach_*`` kernels that allocate nothing (`QuadraticPenalty`); the value is only computed
+when asked for (`penalty`), which the training loop does once per epoch.
 """
 
 from __future__ import annotations
@@ -54,30 +54,28 @@ MODES = ("separate", "online")
 
 
 class QuadraticPenalty:
-    """``q(theta) = sum_i W_i (theta_i - a_i)^2`` over lists of tensors, for the training step.
+    """The gradient of ``1/2 sum_i W_i (theta_i - a_i)^2`` added to ``grads``: ``grads += W (theta - a)``.
 
-    `add_grad` is five in-place foreach kernels into a preallocated scratch buffer (on CPU the
-    per-step cost is memory traffic, and a freshly allocated buffer costs page faults on top)::
+    Three in-place foreach kernels into a preallocated scratch buffer, nothing allocated per step
+    (on CPU a step's cost is its passes over memory)::
 
-        e = sqrt(W) (theta - a);   grad += 2 scale sqrt(W) e  (= 2 scale W (theta - a));   q = |e|^2
+        e = theta;   e -= a;   grads += W e
 
-    EWC and RWalk share it.
+    ``theta - a`` is formed first: ``grads += W theta - W a`` would be one pass fewer, but where
+    ``W theta`` is large (a large lambda) it rounds the task gradient away. EWC and RWalk share it.
     """
 
     def __init__(self, weight: list[torch.Tensor], anchor: list[torch.Tensor]):
-        self.sqrt_weight = torch._foreach_sqrt(weight)
+        self.weight = weight
         self.anchor = anchor
         self.scratch = [torch.empty_like(a) for a in anchor]
 
     @torch.no_grad()
-    def add_grad(self, params: list[torch.Tensor], grads: list[torch.Tensor], scale: float) -> torch.Tensor:
-        """Add the gradient of ``scale * q`` to ``grads`` in place; return ``q`` (a 0-d tensor, no graph)."""
+    def add_grad(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         e = self.scratch
         torch._foreach_copy_(e, params)
         torch._foreach_sub_(e, self.anchor)
-        torch._foreach_mul_(e, self.sqrt_weight)
-        torch._foreach_addcmul_(grads, self.sqrt_weight, e, value=2.0 * scale)
-        return torch.stack(torch._foreach_norm(e)).square().sum()
+        torch._foreach_addcmul_(grads, self.weight, e)
 
 
 class EWC(Strategy):
@@ -130,12 +128,10 @@ class EWC(Strategy):
         total = sum((a * (p - m).square()).sum() for p, a, m in zip(params, self.importance, self.anchor))
         return 0.5 * self.lambda_ * (total + self.offset)
 
-    def add_penalty_grad(self, model: nn.Module) -> torch.Tensor | None:
-        if not self.importance:
-            return None
-        params = self._params(model)
-        half_lambda = 0.5 * self.lambda_  # grad += lambda A (theta - m);  value = lambda/2 (q + c)
-        return half_lambda * (self._quadratic.add_grad(params, gradients(params), half_lambda) + self.offset)
+    def add_penalty_grad(self, model: nn.Module) -> None:
+        if self.importance:
+            params = self._params(model)
+            self._quadratic.add_grad(params, gradients(params))  # grad += lambda A (theta - m)
 
     @torch.no_grad()
     def after_task(self, model: nn.Module, task: Task) -> None:
@@ -167,7 +163,7 @@ class EWC(Strategy):
                 anchor.append(torch.lerp(m, th, share))  # m + F / (A + F) (theta* - m)
             self.importance, self.anchor = importance, anchor
         self.tasks_seen += 1
-        self._quadratic = QuadraticPenalty(self.importance, self.anchor)
+        self._quadratic = self._make_quadratic()
 
     def importance_norm(self) -> float | None:
         if not self.importance:
@@ -193,10 +189,13 @@ class EWC(Strategy):
         self.anchor = [state["anchor"][k].clone() for k in names] if state["anchor"] else []
         self.offset = None if state["offset"] is None else state["offset"].clone()
         self.importance_history = list(state["importance_history"])
-        self._quadratic = QuadraticPenalty(self.importance, self.anchor) if self.importance else None
+        self._quadratic = self._make_quadratic() if self.importance else None
         self._bound = None
 
     # ------------------------------------------------------------------ helpers
+    def _make_quadratic(self) -> QuadraticPenalty:
+        return QuadraticPenalty(torch._foreach_mul(self.importance, self.lambda_), self.anchor)
+
     def _params(self, model: nn.Module) -> list[nn.Parameter]:
         """Trainable parameters of ``model`` in `param_names` order (cached per model)."""
         if self._bound is not None and self._bound[0]() is model:
@@ -207,7 +206,7 @@ class EWC(Strategy):
             self.importance = [v.to(device) for v in self.importance]
             self.anchor = [v.to(device) for v in self.anchor]
             self.offset = self.offset.to(device)
-            self._quadratic = QuadraticPenalty(self.importance, self.anchor)
+            self._quadratic = self._make_quadratic()
         self._bound = (weakref.ref(model), params)
         return params
 

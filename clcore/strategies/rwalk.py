@@ -108,7 +108,7 @@ class RWalk(Strategy):
         return self.lambda_ * sum((w * (p - a).square()).sum() for p, w, a in zip(params, self.weights, self.anchor))
 
     @torch.no_grad()
-    def add_penalty_grad(self, model: nn.Module) -> torch.Tensor | None:
+    def add_penalty_grad(self, model: nn.Module) -> None:
         params = self._params(model)
         grads = gradients(params)  # the task loss's gradient: nothing has been added yet
         torch._foreach_copy_(self._grad, grads)
@@ -119,9 +119,8 @@ class RWalk(Strategy):
         else:
             torch._foreach_mul_(self.fisher, 1.0 - self.alpha)
             torch._foreach_addcmul_(self.fisher, grads, grads, value=self.alpha)
-        if not self.weights:
-            return None
-        return self.lambda_ * self._quadratic.add_grad(params, grads, self.lambda_)  # grad += 2 lambda w (theta - theta*)
+        if self.weights:
+            self._quadratic.add_grad(params, grads)  # grad += 2 lambda w (theta - theta*)
 
     @torch.no_grad()
     def after_step(self, model: nn.Module) -> None:
@@ -134,15 +133,18 @@ class RWalk(Strategy):
         if self.steps_in_interval == self.delta_t:
             self._close_interval(params)
 
-    @torch.no_grad()
     def after_task(self, model: nn.Module, task: Task) -> None:
-        params = self._params(model)
         if self.steps_in_task == 0:
             raise RuntimeError("RWalk.after_task: no training step was taken on this task")
-        if self.steps_in_task < self.delta_t:
+        if self.steps_in_task < self.delta_t:  # warned here, not under a decorator, so it names the caller
             warnings.warn(f"RWalk: task {task.id} had {self.steps_in_task} training steps, fewer than "
                           f"delta_t={self.delta_t}; its score comes from one interval of {self.steps_in_task} "
                           f"steps", RuntimeWarning, stacklevel=2)
+        with torch.no_grad():
+            self._consolidate(self._params(model))
+
+    def _consolidate(self, params: list[nn.Parameter]) -> None:
+        """Close the last interval, average the task's score in, and set the penalty's weights and anchor."""
         if self.steps_in_interval > 0:
             self._close_interval(params)
         if self.tasks_seen == 0:
@@ -153,7 +155,7 @@ class RWalk(Strategy):
         self.weights = torch._foreach_add(torch._foreach_mul(self.fisher, _inverse_max(self.fisher)),
                                           torch._foreach_mul(positive, _inverse_max(positive)))
         self.anchor = [p.detach().clone() for p in params]
-        self._quadratic = QuadraticPenalty(self.weights, self.anchor)
+        self._quadratic = self._make_quadratic()
         torch._foreach_zero_(self.task_score)
         self.steps_in_task = 0
         self.tasks_seen += 1
@@ -176,10 +178,13 @@ class RWalk(Strategy):
             setattr(self, k, [state[k][name].clone() for name in self.param_names] if state[k] else [])
         for k in _COUNTERS:
             setattr(self, k, int(state[k]))
-        self._quadratic = QuadraticPenalty(self.weights, self.anchor) if self.weights else None
+        self._quadratic = self._make_quadratic() if self.weights else None
         self._grad, self._before, self._bound = [], [], None
 
     # ------------------------------------------------------------------ helpers
+    def _make_quadratic(self) -> QuadraticPenalty:
+        return QuadraticPenalty(torch._foreach_mul(self.weights, 2.0 * self.lambda_), self.anchor)
+
     def _close_interval(self, params: list[nn.Parameter]) -> None:
         """s_task += path / (1/2 F (theta - theta_t1)^2 + eps); open the next interval here."""
         denominator = self._before  # per-step scratch, free between steps
@@ -210,7 +215,7 @@ class RWalk(Strategy):
             elif self.fisher[0].device != device:
                 for k in _TENSOR_STATE:
                     setattr(self, k, [v.to(device) for v in getattr(self, k)])
-                self._quadratic = QuadraticPenalty(self.weights, self.anchor) if self.weights else None
+                self._quadratic = self._make_quadratic() if self.weights else None
             self._grad = [torch.empty_like(p) for p in params]
             self._before = [torch.empty_like(p) for p in params]
         self._bound = (weakref.ref(model), params)
