@@ -9,7 +9,7 @@ from torch import nn
 
 from clcore.config import BenchmarkConfig, ModelConfig
 from clcore.data import Split, build_benchmark
-from clcore.fisher import estimate_fisher
+from clcore.fisher import _factorable_linears, estimate_fisher
 from clcore.models import ContinualModel, OutputHead, build_model
 
 N = 60  # samples per estimate: enough to exercise chunking, small enough for a per-sample loop
@@ -207,3 +207,52 @@ def test_importance_pass_runs_in_eval_mode_and_changes_nothing(estimator, start_
     assert_close(again, fisher, rtol=1e-6)
     slow = brute_force(model, split, estimator, len(split), batch_size=16, generator=torch.Generator().manual_seed(0))
     assert_close(fisher, slow)
+
+
+# --------------------------------------------------------------------------- Linear layers without per-sample gradients
+class SharedLinear(nn.Module):
+    """One Linear applied twice: its squared per-sample gradients do not factor."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(12, 12)
+        self.out_features = 12
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.fc(x.flatten(1)[:, :12])))
+
+
+def shared_linear_model_and_split():
+    torch.manual_seed(0)
+    model = ContinualModel(SharedLinear(), OutputHead(12, "multi", 2, 3), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    _, split = bn_model_and_split()
+    return model, split
+
+
+@pytest.mark.parametrize("estimator", ["exact", "empirical", "sampled"])
+@pytest.mark.parametrize("kind", ["mlp_task", "mlp_class", "conv_bn", "shared_linear"])
+def test_factored_linear_layers_equal_vmap_over_every_parameter(synthetic, kind, estimator):
+    if kind.startswith("mlp"):
+        model, split = tiny(synthetic, kind.split("_")[1], hidden=(16, 8))
+    else:
+        model, split = bn_model_and_split() if kind == "conv_bn" else shared_linear_model_and_split()
+    factored, vmapped = (estimate_fisher(model, split, estimator, max_samples=N, batch_size=16, factor_linear=f,
+                                         generator=torch.Generator().manual_seed(1)) for f in (True, False))
+    assert_close(factored, vmapped, rtol=1e-5)
+    assert sum(float(v.sum()) for v in factored.values()) > 1e-4
+
+
+def test_only_linears_called_once_on_2d_inputs_are_factored(synthetic):
+    mlp, split = tiny(synthetic, "task", hidden=(16, 8))
+    probe = (split.x[:1], split.task_ids[:1])
+    params = {k: p.detach() for k, p in mlp.named_parameters()}
+    assert set(_factorable_linears(mlp, params, *probe)) == {"backbone.net.1", "backbone.net.3", "head.linear"}
+    mlp.head.linear.bias.requires_grad_(False)  # a partly frozen layer goes through vmap for the rest
+    params = {k: p.detach() for k, p in mlp.named_parameters() if p.requires_grad}
+    assert set(_factorable_linears(mlp, params, *probe)) == {"backbone.net.1", "backbone.net.3"}
+
+    shared, shared_split = shared_linear_model_and_split()
+    params = {k: p.detach() for k, p in shared.named_parameters()}
+    assert set(_factorable_linears(shared, params, shared_split.x[:1], shared_split.task_ids[:1])) == {"head.linear"}
+    assert_close(estimate_fisher(shared, shared_split, "empirical"),
+                 brute_force(shared, shared_split, "empirical", len(shared_split)))
