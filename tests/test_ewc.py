@@ -258,6 +258,26 @@ def test_resume_after_a_task_gives_the_uninterrupted_result(strategy):
     assert full.history[1]["penalty"] > 0 and full.history[4]["importance_norm"] > 0
 
 
+@pytest.mark.parametrize("mode", ["separate", "online"])
+def test_a_huge_lambda_leaves_the_task_gradient_intact_at_the_anchor(synthetic, mode):
+    """At theta = theta* the penalty's gradient is exactly 0, however large lambda * F is: the step
+    forms theta - theta* first, so W theta and W theta* never swamp the task gradient."""
+    model, tasks = setup(synthetic)
+    ewc = EWC(lambda_=1e12, mode=mode, decay_factor=0.5 if mode == "online" else None, fisher_samples=100)
+    ewc.before_task(model, tasks[0])
+    train_steps(model, tasks[0], strategy=ewc)
+    ewc.after_task(model, tasks[0])  # the anchor is where the model is now
+    assert max(float(a.max()) for a in ewc.importance) * 1e12 > 1e6
+    x, t, y = tasks[1].train.x[:32], tasks[1].train.task_ids[:32], tasks[1].train.y[:32]
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x, t), y).backward()
+    task_grads = [p.grad.clone() for p in model.parameters()]
+    ewc.before_task(model, tasks[1])
+    ewc.add_penalty_grad(model)
+    for p, g in zip(model.parameters(), task_grads):
+        assert torch.equal(p.grad, g)
+
+
 def test_penalty_gradient_fills_parameters_the_task_loss_did_not_reach(synthetic):
     model, tasks = setup(synthetic)
     ewc = EWC(lambda_=2.0, fisher_samples=100)
