@@ -13,7 +13,10 @@ What a sweep leaves in MLflow::
         |                                   plots/accuracy_vs_lambda.png, plots/accuracy_forgetting_pareto.png,
         |                                   plots/learning_curves.png
         +- run "trial_<id>"       tags  mlflow.parentRunId, clsweep.kind=trial, clsweep.trial_id,
-                                        clsweep.status (+ clsweep.failure_reason), clsweep.tasks_seen
+                                        clsweep.status (+ clsweep.failure_reason), clsweep.tasks_seen,
+                                        clsweep.node_id, clsweep.node_ip (the Ray node of its latest task),
+                                        clsweep.node_ids (every node it ran on, in order: a retry after a
+                                        lost node or a resume may move it)
                                   params    every config field, flat: strategy.lambda, train.lr, ...
                                   metrics   everything the trial reports, step = tasks seen;
                                             final_{val,test}_{average_accuracy,forgetting,bwt,fwt,intransigence}
@@ -28,7 +31,8 @@ Identity makes every write idempotent. The sweep id lives in Ray storage
 (``<sweep folder>/clsweep_tracking.json``) and tags the parent run, so a resumed sweep logs into
 the same parent; trial runs are found by ``clsweep.trial_id``; a task's metrics go in one batch
 with ``tasks_seen`` at that step, and a step already in the ``tasks_seen`` history is not written
-again. Resumes and ``clsweep sync`` therefore add only what is missing.
+again. Resumes and ``clsweep sync`` therefore add only what is missing. Tags are written only when
+their value differs.
 
 Who writes what: trials log themselves from the Ray workers as tasks come in (`TrialLogger`:
 `MlflowClient` with explicit run ids, no fluent ``mlflow.start_run`` state, since trials share
@@ -84,6 +88,7 @@ TASKS_SEEN_TAG = "clsweep.tasks_seen"
 BEST_TRIAL_TAG = "clsweep.best_trial_id"
 BEST_RUN_TAG = "clsweep.best_run_id"
 METRIC_TAG, MODE_TAG = "clsweep.metric", "clsweep.mode"
+NODE_ID_TAG, NODE_IP_TAG, NODE_IDS_TAG = "clsweep.node_id", "clsweep.node_ip", "clsweep.node_ids"
 
 FINISHED, STOPPED_EARLY, FAILED, RUNNING = "finished", "stopped_early", "failed", "running"
 # The runner's outcome of a trial -> clsweep.status, and clsweep.status -> MLflow run status.
@@ -277,6 +282,25 @@ def final_metrics(trial: "TrialRecord") -> dict[str, float]:
             for split in ("val", "test") for name in FINAL_METRICS if f"{split}_{name}" in trial.last}
 
 
+def node_tags(rows: list[dict], known: str = "") -> dict[str, str]:
+    """Where a trial ran, from its results (each names its Ray node: ``node_id``, ``node_ip``):
+    the node of the latest one, and every node in order of first use after those in ``known``
+    (a ``clsweep.node_ids`` value). Empty when no result names a node."""
+    ids = [i for i in known.split(",") if i]
+    last = None
+    for row in rows:
+        if row.get("node_id"):
+            last = row
+            if row["node_id"] not in ids:
+                ids.append(row["node_id"])
+    if last is None:
+        return {}
+    tags = {NODE_ID_TAG: str(last["node_id"]), NODE_IDS_TAG: ",".join(ids)}
+    if last.get("node_ip"):
+        tags[NODE_IP_TAG] = str(last["node_ip"])
+    return tags
+
+
 def trial_run_name(trial_id: str) -> str:
     return f"trial_{trial_id}"  # the name of the trial's storage folder too
 
@@ -340,6 +364,7 @@ class TrialLogger:
         self.settings, self.trial_id, self.config = settings, trial_id, config
         self.enabled = True
         self._store: Optional[Store] = None
+        self._run = None
         self._run_id = ""
         self._steps: set[int] = set()
 
@@ -352,9 +377,14 @@ class TrialLogger:
                 s = self.settings
                 check_reachable(s.tracking_uri)
                 self._store = Store(s.tracking_uri, s.experiment_name, s.experiment_id)
-                run = open_trial_run(self._store, s.sweep_id, s.parent_run_id, self.trial_id, self.config)
-                self._run_id = run.info.run_id
+                self._run = open_trial_run(self._store, s.sweep_id, s.parent_run_id, self.trial_id, self.config)
+                self._run_id = self._run.info.run_id
                 self._steps = self._store.logged_steps(self._run_id)
+            if result.get("node_id") and result["node_id"] != self._run.data.tags.get(NODE_ID_TAG):
+                # where the trial runs now; the run's tags as opened, kept up to date with what this logger writes
+                tags = node_tags([result], self._run.data.tags.get(NODE_IDS_TAG, ""))
+                self._store.log_tags(self._run, tags)
+                self._run.data.tags.update(tags)
             step = int(result[STEP_METRIC])
             if step not in self._steps:
                 self._store.log_steps(self._run_id, {step: trial_metrics(result)})
@@ -525,6 +555,8 @@ class SweepTracker:
         logged = store.logged_steps(run.info.run_id)
         store.log_steps(run.info.run_id, {int(r[STEP_METRIC]): trial_metrics(r) for r in trial.history
                                           if STEP_METRIC in r and int(r[STEP_METRIC]) not in logged})
+        # Ray storage has every task, in order: its node tags replace what live logging managed to write
+        store.log_tags(run, node_tags(trial.history))
         self.close_trial(trial, config, run)
         return run.info.run_id
 

@@ -5,7 +5,8 @@ After every task the trial reports to Ray Tune (`ray.tune.report`):
 - every metric clcore computed (``val_average_accuracy``, ``tasks_seen`` — the schedulers' time
   attribute — ``epochs_trained``, ...), plus ``n_tasks``, the ``val_matrix`` and ``test_matrix``
   so far, ``clcore_seconds`` (time spent inside ``clcore.run`` by this trial, reporting left
-  out), ``node_id`` and ``data_shared`` (whether the trial used the sweep's shared dataset);
+  out), ``node_id`` and ``node_ip`` (the Ray node running the trial; MLflow tags its run with them)
+  and ``data_shared`` (whether the trial used the sweep's shared dataset);
 - the same metrics, with the trial's config, as one line of ``tasks.jsonl`` in the trial's storage
   folder, written before the report: the record `sweeps.runner.load_sweep` reads (Ray's own
   ``result.json`` is a copy the driver syncs now and then, and PBT's restores can roll it back);
@@ -83,8 +84,9 @@ def run_trial(params: dict, *, spec: SweepSpec, raw: Optional[RawData] = None,
         shared = raw is not None and raw_key(config.benchmark) == raw_key(spec.example_config().benchmark)
         saved = _checkpoint_to_continue(tune.get_checkpoint(), folder, trial_id)
         log = trial_logger(trial_id, context.get_trial_name(), config) if trial_logger else None
+        where = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
         reporter = _TaskReporter(folder / TASKS_FILE, trial_id, dict(params), saved["clcore_seconds"] if saved else 0.0,
-                                 log, {"node_id": ray.get_runtime_context().get_node_id(), "data_shared": shared})
+                                 log, {**where, "data_shared": shared})
         resume_from = saved["clcore"] if saved else None
         n_tasks = config.benchmark.n_tasks
         if resume_from is not None and resume_from["next_task"] >= n_tasks:

@@ -6,11 +6,14 @@ Ray of this machine) and runs ``clsweep run SPEC --address 127.0.0.1:PORT`` in a
 tracked to a real ``mlflow server`` (on PostgreSQL through scripts/postgres.sh when it can run
 here, else on SQLite). Then:
 
-- trials ran on both nodes (each trial records its node id);
+- trials ran on both nodes (each trial records its node id, and its MLflow run is tagged with it);
 - the second node lost mid-sweep (its raylet SIGKILLed): the sweep still finishes, the lost
-  trials are retried from their last task checkpoint, MLflow has one run per trial, each task once;
+  trials are retried from their last task checkpoint, MLflow has one run per trial, each task once,
+  and the retried trial's run names both nodes it ran on;
 - one trial's worker process SIGKILLed: only that trial is retried, the same checks;
-- a sweep on a local Ray tracked to ``mlflow server`` on PostgreSQL: parent and nested runs.
+- a sweep on a local Ray tracked to ``mlflow server`` on PostgreSQL: parent and nested runs;
+- a sweep submitted with ``ray job submit --working-dir . -- clsweep run ...`` to a head with its
+  dashboard (the job API, which needs ``ray[default]``), as docs/cluster.md submits one.
 
 Token authentication: each cluster uses ``RAY_AUTH_MODE=token`` with a token of its own
 (``RAY_AUTH_TOKEN``), given to every process of the test, so ``~/.ray/auth_token`` is neither
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,7 +38,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlflow_sweeps import SWEEP, MlflowServer, check_sweep_in_mlflow, free_port, using_tracking_uri, wait_healthy
+from mlflow_sweeps import (SWEEP, MlflowServer, check_sweep_in_mlflow, free_port, new_store, using_tracking_uri,
+                           wait_healthy)
 
 pytest.importorskip("ray")
 
@@ -117,7 +122,8 @@ class RayNode:
 
 
 class Cluster:
-    """A Ray head and a second node on 127.0.0.1, one CPU each, with a temp dir and ports of their own."""
+    """A Ray head and a second node on 127.0.0.1, one CPU each, with a temp dir and ports of their own
+    (`start`); or a head alone with its dashboard (`start_head_with_dashboard`)."""
 
     def __init__(self, folder: Path):
         # Short: Ray's Unix socket paths live under it (at most 107 bytes).
@@ -130,20 +136,34 @@ class Cluster:
         self.env.pop("RAY_ADDRESS", None)
         self.nodes: list[RayNode] = []
 
-    def _node_args(self) -> list[str]:
-        return ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=100000000",
+    def _head_args(self) -> list[str]:
+        # with ray[default] the head also starts the Ray Client server, by default on port 10001
+        return ["--head", f"--port={self.port}", f"--ray-client-server-port={free_port()}"]
+
+    def _node_args(self, num_cpus: int = 1) -> list[str]:
+        return [f"--num-cpus={num_cpus}", "--num-gpus=0", "--object-store-memory=100000000",
                 f"--temp-dir={self.temp_dir}", f"--dashboard-agent-listen-port={free_port()}",
                 f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
                 f"--metrics-export-port={free_port()}", "--disable-usage-stats"]
 
     def start(self) -> "Cluster":
-        self.head = self._start("head", ["--head", f"--port={self.port}",
-                                         "--include-dashboard=false",
+        self.head = self._start("head", [*self._head_args(), "--include-dashboard=false",
                                          f"--system-config={json.dumps(SYSTEM_CONFIG)}", *self._node_args()])
         self.wait_nodes(1)
         self.worker = self._start("node2", [f"--address={self.address}",
                                             '--resources={"node2": 1}', *self._node_args()])
         self.wait_nodes(2)
+        return self
+
+    def start_head_with_dashboard(self, num_cpus: int = 2) -> "Cluster":
+        """A head alone, with the dashboard and its job API on 127.0.0.1 (``self.dashboard``), as
+        docs/cluster.md starts one by hand."""
+        self.dashboard = f"http://127.0.0.1:{free_port()}"
+        self.head = self._start("head", [*self._head_args(), "--dashboard-host=127.0.0.1",
+                                         f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}",
+                                         *self._node_args(num_cpus)])
+        self.wait_nodes(1)
+        wait_healthy_dashboard(self.dashboard, self.head)
         return self
 
     def _start(self, name: str, args: list[str]) -> RayNode:
@@ -171,6 +191,20 @@ class Cluster:
         for node in reversed(self.nodes):
             node.stop()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def wait_healthy_dashboard(url: str, head: RayNode, timeout: float = 120) -> None:
+    """Until the dashboard answers ``/api/gcs_healthz`` (what the compose head's health check asks)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/api/gcs_healthz", timeout=2).status_code == 200:
+                return
+        if head.process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the dashboard at {url} did not come up:\n{head.log.read_text()[-3000:]}")
+        time.sleep(0.5)
 
 
 @pytest.fixture
@@ -327,6 +361,15 @@ def check_sweep(server: MlflowServer, sweep_dir: Path):
     return state, runs
 
 
+def check_node_tags(run, trial) -> None:
+    """The trial's MLflow run names the Ray node of its last task, and every node it ran on in order."""
+    order = list(dict.fromkeys(r["node_id"] for r in trial.history))
+    tags = run.data.tags
+    assert tags.get("clsweep.node_id") == trial.last["node_id"], (trial.trial_id, tags)
+    assert tags.get("clsweep.node_ip") == trial.last["node_ip"], (trial.trial_id, tags)
+    assert tags.get("clsweep.node_ids") == ",".join(order), (trial.trial_id, tags)
+
+
 def attempts(trial_path: str | Path) -> list[list[int]]:
     """The tasks a trial reported, split into attempts: the results Ray recorded for it
     (``result.json``), grouped by the worker process that reported them."""
@@ -371,6 +414,8 @@ def test_sweep_runs_trials_on_both_nodes(cluster, tracking_server, tmp_path):
     assert len(set(nodes.values())) == 2, f"trials ran on {set(nodes.values())}, not on both nodes"
     for trial in state.trials:  # every task of a trial on one node, and MLflow's run says where it ran
         assert {r["node_id"] for r in trial.history} == {nodes[trial.trial_id]}
+        check_node_tags(runs[trial.trial_id], trial)
+    assert len({run.data.tags["clsweep.node_id"] for run in runs.values()}) == 2, "both nodes' ids in MLflow"
     assert all(t.num_failures == 0 for t in state.trials)
     parent_tag = {r.data.tags.get("mlflow.parentRunId") for r in runs.values()}
     assert len(parent_tag) == 1 and None not in parent_tag
@@ -394,7 +439,7 @@ def test_sweep_survives_the_loss_of_a_node(cluster, tracking_server, tmp_path):
     finally:
         _kill_group(driver)
 
-    state, _ = check_sweep(server, sweep_dir)
+    state, runs = check_sweep(server, sweep_dir)
     by_id = {t.trial_id: t for t in state.trials}
     lost = by_id[victim]
     assert lost.num_failures == 1, "the trial on the lost node was not retried"
@@ -402,6 +447,9 @@ def test_sweep_survives_the_loss_of_a_node(cluster, tracking_server, tmp_path):
     head = {t.last["node_id"] for t in state.trials}
     assert len(head) == 1, "after the loss every trial ends on the head"
     assert lost.history[0]["node_id"] not in head, "the victim began on the second node"
+    for trial in state.trials:
+        check_node_tags(runs[trial.trial_id], trial)
+    assert runs[victim].data.tags["clsweep.node_ids"] == f"{lost.history[0]['node_id']},{lost.last['node_id']}"
     for trial in state.trials:
         if trial.trial_id != victim:
             check_not_retried(trial)
@@ -454,3 +502,105 @@ def test_sweep_tracked_by_mlflow_server_on_postgres(tracking_server, tmp_path):
     assert sorted(nested["tags.clsweep.trial_id"]) == sorted(t.trial_id for t in state.trials)
     assert set(nested["status"]) == {"FINISHED"}
     assert list(server.artifacts.rglob("config.yaml")), "artifacts go to the server's --artifacts-destination"
+
+
+
+# ------------------------------------------------------------------------------ Ray Jobs
+def submit_job(address: str, env: dict, args: list[str], timeout: float = 300) -> str:
+    """``ray job submit --address ADDRESS --working-dir . -- ARGS`` from the repository root, as
+    docs/cluster.md submits a sweep; asserts that the job succeeded and returns its output."""
+    submission = f"clsweep-test-{uuid.uuid4().hex[:8]}"
+    command = [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--submission-id", submission,
+               "--", *args]
+    try:
+        submitted = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        subprocess.run([RAY, "job", "stop", "--address", address, submission], env=env, capture_output=True,
+                       timeout=60)
+        out = (error.stdout or b"")[-4000:].decode(errors="replace")  # bytes, text=True or not
+        raise AssertionError(f"the job did not finish in {timeout} s:\n{out}") from None
+    output = submitted.stdout[-4000:] + submitted.stderr[-2000:]
+    status = subprocess.run([RAY, "job", "status", "--address", address, submission], env=env,
+                            capture_output=True, text=True, timeout=60)
+    said = re.sub(r"\x1b\[[0-9;]*m", "", status.stdout + status.stderr)  # without its colours
+    assert f"Job '{submission}' succeeded" in said, f"{said}\n{output}"
+    assert submitted.returncode == 0, output
+    return submitted.stdout
+
+
+def check_job_sweep(sweep_dir: Path, n_trials: int) -> None:
+    """The sweep a job ran: every trial complete in storage, each task once."""
+    from sweeps.runner import load_sweep
+
+    state = load_sweep(sweep_dir)
+    assert state.counts() == {"complete": n_trials}, [(t.trial_id, t.outcome, t.error) for t in state.trials]
+    for trial in state.trials:
+        assert [r["tasks_seen"] for r in trial.history] == list(range(1, N_TASKS + 1))
+    return state
+
+
+def test_sweep_submitted_as_a_ray_job(tmp_path):
+    """docs/cluster.md's way to submit a sweep, from the repository root, to a head started by hand
+    with its job API: ``ray job submit --address http://127.0.0.1:PORT --working-dir . -- clsweep run
+    SWEEP --set storage.path=...``. The job's driver and trials inherit ``MLFLOW_TRACKING_URI`` and
+    ``PATH`` (an activated venv) from ``ray start``. Then the same with ``.git`` uploaded too, which
+    the parent run's ``mlflow.source.git.commit`` needs."""
+    import importlib.util
+
+    import mlflow
+
+    from sweeps import tracking as T
+
+    if importlib.util.find_spec("aiohttp_cors") is None:  # what ray[default] adds for the dashboard
+        pytest.fail("Ray's job API needs ray[default]: pip install -c constraints.txt -e '.[test]'")
+    db = new_store(tmp_path.parent, tmp_path / "mlflow" / "mlruns.db")
+    uri = f"sqlite:///{db}"
+    spec = write_spec(tmp_path, "as_job", epochs=1)  # its storage.path: tmp_path/ray_results; --set must win
+    cluster = Cluster(tmp_path)
+    cluster.env["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"  # clsweep on PATH, as in a venv
+    submit_env = dict(cluster.env)  # the submitting shell: the cluster's token, no MLflow
+    cluster.env["MLFLOW_TRACKING_URI"] = uri
+    plain, with_git = tmp_path / "job_results", tmp_path / "job_results_git"
+    try:
+        cluster.start_head_with_dashboard(num_cpus=2)
+        out = submit_job(cluster.dashboard, submit_env,
+                         ["clsweep", "run", str(spec), "--set", f"storage.path={plain}"])
+        assert "4 complete" in out
+        git_env = {**submit_env, "RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES": ".venv,venv,__pycache__"}
+        submit_job(cluster.dashboard, git_env, ["clsweep", "run", str(spec), "--set", f"storage.path={with_git}",
+                                                "--set", "algorithm.num_samples=2"])
+    finally:
+        cluster.stop()
+    assert not (tmp_path / "ray_results").exists(), "a job used the sweep file's storage.path, not --set's"
+
+    # the documented command: the sweep in storage and in MLflow, each trial run naming its node
+    state = check_job_sweep(plain / "as_job", 4)
+    sweep_id = json.loads((plain / "as_job" / T.STATE_FILE).read_text())["sweep_id"]
+    experiment = mlflow.MlflowClient(uri).get_experiment_by_name("as_job")
+    with using_tracking_uri(uri):
+        runs = mlflow.search_runs([experiment.experiment_id], f"tags.`clsweep.sweep_id` = '{sweep_id}'",
+                                  output_format="list")
+    (parent,) = [r for r in runs if r.data.tags[T.KIND_TAG] == "sweep"]
+    trial_runs = {r.data.tags[T.TRIAL_ID_TAG]: r for r in runs if r.data.tags[T.KIND_TAG] == "trial"}
+    assert parent.info.status == "FINISHED" and parent.data.tags[T.BEST_TRIAL_TAG] == state.best().trial_id
+    # Ray 2.60 leaves .git out of the upload, and the job runs the uploaded sweeps/ (this checkout's,
+    # installed in the venv, would find its commit)
+    assert "mlflow.source.git.commit" not in parent.data.tags
+    assert sorted(trial_runs) == sorted(t.trial_id for t in state.trials)
+    for trial in state.trials:
+        run = trial_runs[trial.trial_id]
+        assert run.data.tags[T.PARENT_RUN_TAG] == parent.info.run_id and run.info.status == "FINISHED"
+        history = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, "val_average_accuracy")
+        assert sorted(m.step for m in history) == list(range(1, N_TASKS + 1))
+        check_node_tags(run, trial)
+
+    # with .git uploaded: everything tests/mlflow_sweeps.py checks, the commit included
+    state = check_job_sweep(with_git / "as_job", 2)
+    runs = check_sweep_in_mlflow(uri, with_git / "as_job")
+    for trial in state.trials:
+        check_node_tags(runs[trial.trial_id], trial)
+    (parent,) = mlflow.MlflowClient(uri).search_runs(
+        [experiment.experiment_id], f"tags.`{T.KIND_TAG}` = 'sweep' and tags.`{T.SWEEP_ID_TAG}` = "
+                                    f"'{json.loads((with_git / 'as_job' / T.STATE_FILE).read_text())['sweep_id']}'")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert parent.data.tags["mlflow.source.git.commit"] == head

@@ -314,6 +314,8 @@ def test_requirements_pin_every_project_dependency():
         assert _pinned_version(pinned[name]) == _pinned_version(tested), \
             f"{REQUIREMENTS} pins {pinned[name]}, {CONSTRAINTS.name} {tested}"
     assert {"default", "tune"} <= pinned["ray"].extras, "the head needs ray[default] for jobs"
+    (ray,) = [Requirement(r) for r in pyproject["project"]["dependencies"] if Requirement(r).name == "ray"]
+    assert "default" in ray.extras, "pyproject.toml: `ray job submit` (docs/cluster.md) needs ray[default]"
     assert "psycopg" in pinned, "MLflow's postgresql+psycopg:// store needs psycopg"
 
 

@@ -44,6 +44,12 @@ def test_sweep_logs_to_the_embedded_sqlite_store(sqlite_sweep_folder):
     assert T.STOPPED_EARLY in statuses, f"ASHA stopped no trial: {statuses}"
     assert T.FINISHED in statuses
     assert any((sqlite_sweep_folder / "mlartifacts" / "tiny_ewc").rglob("accuracy_matrix_test.png"))  # local artifacts
+    from sweeps.runner import load_sweep
+
+    for trial in load_sweep(sweep_dir).trials:  # each run names the Ray node its trial ran on
+        tags = by_trial[trial.trial_id].data.tags
+        assert tags[T.NODE_ID_TAG] == tags[T.NODE_IDS_TAG] == trial.last["node_id"]
+        assert tags[T.NODE_IP_TAG] == trial.last["node_ip"]
 
 
 def test_resume_and_sync_log_into_the_same_runs_without_duplicates(sqlite_sweep_folder):
@@ -143,9 +149,13 @@ def _store_with_parent(tmp_path: Path):
     return store, T.TrackingSettings(store.uri, "unit", store.experiment_id, "s1", parent.info.run_id, str(tmp_path))
 
 
-def _results(n: int) -> list[dict]:
+def _results(n: int, node: str = "n1") -> list[dict]:
     return [{"val_average_accuracy": 0.9 - 0.1 * k, "tasks_seen": k, "task_loss": 0.5, "training_iteration": k,
-             "val_matrix": [[0.9] * 3] * k, "node_id": "n1"} for k in range(1, n + 1)]
+             "val_matrix": [[0.9] * 3] * k, "node_id": node, "node_ip": f"10.0.0.{node[1:]}"} for k in range(1, n + 1)]
+
+
+def _node_tags(run) -> dict[str, str]:
+    return {k: v for k, v in run.data.tags.items() if k.startswith("clsweep.node")}
 
 
 def test_trial_logger_logs_each_task_once_even_when_a_restored_trial_reports_again(tmp_path):
@@ -154,8 +164,10 @@ def test_trial_logger_logs_each_task_once_even_when_a_restored_trial_reports_aga
     first = T.TrialLogger(settings, "t1", "trial_t1", config)
     for result in _results(2):
         first(result)
-    restored = T.TrialLogger(settings, "t1", "trial_t1", config)  # a new process after a restore: tasks 2-3
-    for result in _results(3)[1:]:
+    assert _node_tags(store.trial_runs("s1")["t1"]) == {T.NODE_ID_TAG: "n1", T.NODE_IDS_TAG: "n1",
+                                                         T.NODE_IP_TAG: "10.0.0.1"}
+    restored = T.TrialLogger(settings, "t1", "trial_t1", config)  # a new process on another node: tasks 2-3
+    for result in _results(3, node="n2")[1:]:
         restored(result)
     assert first.enabled and restored.enabled
     runs = store.trial_runs("s1")
@@ -165,8 +177,35 @@ def test_trial_logger_logs_each_task_once_even_when_a_restored_trial_reports_aga
     history = store.client.get_metric_history(run.info.run_id, "val_average_accuracy")
     assert sorted((m.step, round(m.value, 6)) for m in history) == [(1, 0.8), (2, 0.7), (3, 0.6)]
     assert "node_id" not in run.data.metrics and "training_iteration" not in run.data.metrics
+    assert _node_tags(run) == {T.NODE_ID_TAG: "n2", T.NODE_IDS_TAG: "n1,n2", T.NODE_IP_TAG: "10.0.0.2"}
     assert run.data.params["strategy.name"] == "naive" and run.data.params["model.hidden_sizes"] == "[32]"
     assert [f.path for f in store.client.list_artifacts(run.info.run_id)] == ["config.yaml"]
+
+
+def test_sync_tags_a_trial_run_with_every_node_it_ran_on_and_writes_them_once(tmp_path, monkeypatch):
+    from sweeps.runner import TrialRecord
+
+    store, settings = _store_with_parent(tmp_path)
+    config = small_config(benchmark={"n_tasks": 5})
+    history = _results(2, node="n1") + _results(3, node="n2")[2:]  # task 3 retried on n2 after n1 was lost
+    live = T.TrialLogger(settings, "t1", "trial_t1", config)
+    live(history[-1])  # live logging reached the store only from n2
+    assert _node_tags(store.trial_runs("s1")["t1"])[T.NODE_IDS_TAG] == "n2"
+
+    tracker = T.SweepTracker(None, tmp_path, T.SweepIdentity("s1", store.uri))
+    tracker.store, tracker.parent = store, store.client.get_run(settings.parent_run_id)
+    trial = TrialRecord("t1", "TERMINATED", {}, history, str(tmp_path), 3)
+    tracker.upload_trial(trial, config)  # clsweep sync: Ray storage has every task
+    expected = {T.NODE_ID_TAG: "n2", T.NODE_IDS_TAG: "n1,n2", T.NODE_IP_TAG: "10.0.0.2"}
+    assert _node_tags(store.trial_runs("s1")["t1"]) == expected
+
+    written = []
+    log_batch = store.client.log_batch
+    monkeypatch.setattr(store.client, "log_batch", lambda run_id, metrics=(), params=(), tags=(), **kw: (
+        written.extend([*metrics, *params, *tags]), log_batch(run_id, metrics, params, tags, **kw)))
+    tracker.upload_trial(trial, config, store.trial_runs("s1")["t1"])  # sync again: nothing is missing
+    assert written == []
+    assert _node_tags(store.trial_runs("s1")["t1"]) == expected
 
 
 def test_a_dead_server_neither_fails_nor_stalls_a_trial(tmp_path, caplog):
