@@ -414,7 +414,7 @@ class _Validator:
         search = self.search(data.get("search"))
         first = self.check_values(base, search)
         n_tasks = first.benchmark.n_tasks
-        objective = self.objective(data.get("objective"))
+        objective = self.objective(data.get("objective"), first)
         algorithm = self.algorithm(data.get("algorithm"), search, base, first)
         scheduler = self.scheduler(data.get("scheduler"), search, algorithm, n_tasks)
         resources = self.resources(data.get("resources"), first)
@@ -526,7 +526,7 @@ class _Validator:
                           allowed or None)
 
     # -------------------------------------------------------------- objective, algorithm, scheduler
-    def objective(self, data) -> Objective:
+    def objective(self, data, first: ExperimentConfig) -> Objective:
         objective = self.section(Objective, data, "objective")
         metric = objective.metric
         if metric.startswith("test_"):
@@ -535,6 +535,9 @@ class _Validator:
                              ", ".join(OBJECTIVES))
         if metric not in OBJECTIVES:
             raise self.error("objective.metric", f"unknown metric {metric!r}", ", ".join(OBJECTIVES))
+        if first.benchmark.val_fraction == 0:  # the objective would be NaN in every trial
+            raise self.error("base.benchmark.val_fraction", f"is 0: no validation data for the objective {metric!r}",
+                             "a fraction in (0, 1), e.g. 0.1")
         objective.mode = objective.mode or OBJECTIVES[metric]
         if objective.mode not in ("max", "min"):
             raise self.error("objective.mode", f"got {objective.mode!r}", "max, min")
