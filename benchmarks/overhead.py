@@ -1,6 +1,6 @@
 """Per-step cost of EWC and RWalk relative to plain fine-tuning, and the cost of each Fisher estimator.
 
-    python benchmarks/overhead.py [--device cpu|cuda] [--threads N] [--batch 128] [--rounds 30]
+    python benchmarks/overhead.py [--device cpu|cuda] [--threads N] [--batch 128] [--rounds 100] [--steps 20]
 
 Model: the MLP 784-256-256-10 (single head) on permuted-MNIST-shaped uint8 tensors, batch 128, SGD,
 torch using every core unless ``--threads`` says otherwise. The training step is exactly
@@ -171,8 +171,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     parser.add_argument("--batch", type=int, default=128, help="training batch size (default: 128)")
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=20, help="steps per variant per round")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--fisher-repeats", type=int, default=3)
     parser.add_argument("--loop-samples", type=int, default=200)

@@ -33,9 +33,8 @@ lambda as it stands; its Fisher is also batch-mean gradients squared, but over f
 the model's argmax labels by default, and it always mixes ``F = alpha F_old + (1 - alpha) F_new``
 (alpha on the old importance, anchored at the latest parameters).
 
-Per step the gradient ``lambda * A * (theta - m)`` is added to ``p.grad`` in place by three
-``torch._foreach_*`` kernels that allocate nothing (`QuadraticPenalty`); the value is only computed
-when asked for (`penalty`), which the training loop does once per epoch.
+Per step the gradient ``lambda * A * (theta - m)`` is added to ``p.grad`` in place in two passes over
+memory (`QuadraticPenalty`); the value is only computed when asked for (`penalty`), which the training loop does once per epoch.
 """
 
 from __future__ import annotations
@@ -56,26 +55,28 @@ MODES = ("separate", "online")
 class QuadraticPenalty:
     """The gradient of ``1/2 sum_i W_i (theta_i - a_i)^2`` added to ``grads``: ``grads += W (theta - a)``.
 
-    Three in-place foreach kernels into a preallocated scratch buffer, nothing allocated per step
-    (on CPU a step's cost is its passes over memory)::
-
-        e = theta;   e -= a;   grads += W e
-
-    ``theta - a`` is formed first: ``grads += W theta - W a`` would be one pass fewer, but where
+    Two passes over memory, ``e = theta - a`` then ``grads += W e`` (on CPU a step's overhead is its
+    passes over parameter-sized memory). On CUDA ``e`` is one foreach kernel into fresh memory, which
+    the caching allocator hands back every step; on CPU a fresh buffer costs page faults every step,
+    so ``e`` is written into a kept one, a tensor at a time (there is no foreach with ``out=``).
+    ``theta - a`` is formed first: ``grads += W theta - W a`` would cost the same, but where
     ``W theta`` is large (a large lambda) it rounds the task gradient away. EWC and RWalk share it.
     """
 
     def __init__(self, weight: list[torch.Tensor], anchor: list[torch.Tensor]):
         self.weight = weight
         self.anchor = anchor
-        self.scratch = [torch.empty_like(a) for a in anchor]
+        self.scratch = None if anchor[0].is_cuda else [torch.empty_like(a) for a in anchor]
 
     @torch.no_grad()
     def add_grad(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        e = self.scratch
-        torch._foreach_copy_(e, params)
-        torch._foreach_sub_(e, self.anchor)
-        torch._foreach_addcmul_(grads, self.weight, e)
+        if self.scratch is None:
+            difference = torch._foreach_sub(params, self.anchor)
+        else:
+            difference = self.scratch
+            for p, a, e in zip(params, self.anchor, difference):
+                torch.sub(p, a, out=e)
+        torch._foreach_addcmul_(grads, self.weight, difference)
 
 
 class EWC(Strategy):
