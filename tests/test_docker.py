@@ -2,7 +2,8 @@
 
 - docker/compose.yaml passes `docker compose config`, with the services, loopback port
   bindings, health checks and GPU reservation the docs promise;
-- the image's install commands and the services' commands are the ones the docs show;
+- the image's install commands and the services' commands are the ones the docs show, and the
+  install commands resolve against the package index (pip's dry run);
 - the KubeRay manifests run the same image with GPU limits and MLflow's address;
 - scripts/postgres.sh starts a real PostgreSQL, and a real `mlflow server` on it stores
   a sweep's parent run, a nested trial run and an artifact.
@@ -270,8 +271,8 @@ def test_ray_and_mlflow_are_wired_together(compose):
 
 # ------------------------------------------- (b) the docs show the commands that run
 
-def test_dockerfile_install_commands_are_documented():
-    documented = [tokens for _, tokens in _doc_commands()]
+def _dockerfile_pip_installs() -> list[list[str]]:
+    """The Dockerfile's `pip install ...` commands, build-cache options left out, in order."""
     installs = []
     for keyword, arguments in _dockerfile_instructions():
         if keyword == "RUN":
@@ -280,8 +281,31 @@ def test_dockerfile_install_commands_are_documented():
                 if tokens[:2] == ["pip", "install"]:
                     installs.append(tokens)
     assert installs, "the Dockerfile installs nothing with pip"
-    for tokens in installs:
+    return installs
+
+
+def test_dockerfile_install_commands_are_documented():
+    documented = [tokens for _, tokens in _doc_commands()]
+    for tokens in _dockerfile_pip_installs():
         assert tokens in documented, f"`{shlex.join(tokens)}` is not in docs/cluster.md"
+
+
+def test_dockerfile_install_commands_resolve(tmp_path):
+    """Each of the image's pip installs, run as ``pip install --dry-run`` against the package index
+    (Python 3.11, as in the image): the pins resolve together, to exactly the pinned versions, and the
+    project itself builds. What an image build would hit first, without a Docker engine."""
+    resolved: dict[str, str] = {}
+    for i, tokens in enumerate(_dockerfile_pip_installs()):
+        report = tmp_path / f"report-{i}.json"
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                               "--report", str(report), *tokens[2:]], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, f"`{shlex.join(tokens)}` does not resolve:\n{done.stderr[-3000:]}"
+        for item in json.loads(report.read_text())["install"]:
+            resolved[canonicalize_name(item["metadata"]["name"])] = item["metadata"]["version"]
+    for name, pin in _requirements().items():
+        assert resolved.get(name) == _pinned_version(pin), f"{pin} resolved to {resolved.get(name)}"
+    assert resolved["clsweep"] == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 def test_compose_commands_are_documented(compose_source):
