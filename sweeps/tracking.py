@@ -399,9 +399,12 @@ class TrialLogger:
                             self.settings.tracking_uri, type(error).__name__, str(error)[:300], where)
 
 
-def open_trial_run(store: Store, sweep_id: str, parent_run_id: str, trial_id: str, config: ExperimentConfig):
-    """The trial's nested run, found by ``clsweep.trial_id`` or created, with its params and config.yaml."""
-    run = store.find_run({SWEEP_ID_TAG: sweep_id, TRIAL_ID_TAG: trial_id})
+def open_trial_run(store: Store, sweep_id: str, parent_run_id: str, trial_id: str, config: ExperimentConfig,
+                   run=None):
+    """The trial's nested run (``run``, else found by ``clsweep.trial_id``, else created) with its params and
+    config.yaml: what a worker that lost the server between creating the run and logging them left out."""
+    if run is None:
+        run = store.find_run({SWEEP_ID_TAG: sweep_id, TRIAL_ID_TAG: trial_id})
     if run is None:
         run = store.client.create_run(store.experiment_id, run_name=trial_run_name(trial_id), tags={
             PARENT_RUN_TAG: parent_run_id, KIND_TAG: "trial", SWEEP_ID_TAG: sweep_id, TRIAL_ID_TAG: trial_id,
@@ -548,10 +551,7 @@ class SweepTracker:
     def upload_trial(self, trial: "TrialRecord", config: ExperimentConfig, run=None) -> str:
         """Everything of ``trial`` the store does not have yet: run, params, steps, status, artifacts."""
         store = self.store
-        if run is None:
-            run = open_trial_run(store, self.identity.sweep_id, self.parent.info.run_id, trial.trial_id, config)
-        else:
-            store.log_params(run, config.flat())
+        run = open_trial_run(store, self.identity.sweep_id, self.parent.info.run_id, trial.trial_id, config, run)
         logged = store.logged_steps(run.info.run_id)
         store.log_steps(run.info.run_id, {int(r[STEP_METRIC]): trial_metrics(r) for r in trial.history
                                           if STEP_METRIC in r and int(r[STEP_METRIC]) not in logged})

@@ -61,6 +61,23 @@ def test_resume_and_sync_log_into_the_same_runs_without_duplicates(sqlite_sweep_
     H.check_sweep_in_mlflow(json.loads((sweep_dir / T.STATE_FILE).read_text())["tracking_uri"], sweep_dir)
 
 
+def test_sync_uploads_the_artifacts_a_trial_run_lacks(sqlite_sweep_folder):
+    """A worker that lost the server right after creating its run left it without config.yaml (and a
+    trial whose server died before it ended, without its matrices): sync uploads them, once."""
+    sweep_dir = H.sweep_folder(sqlite_sweep_folder)
+    before = _tracked(sweep_dir)
+    trial_run_id = next(iter(before[1].values()))
+    lost = [f for f in (sqlite_sweep_folder / "mlartifacts" / "tiny_ewc").glob(f"{trial_run_id}/artifacts/*")
+            if f.name in ("config.yaml", "accuracy_matrix_val.csv")]
+    assert len(lost) == 2
+    contents = {f: f.read_bytes() for f in lost}
+    for f in lost:
+        f.unlink()
+    assert H.clsweep("sync", sweep_dir, folder=sqlite_sweep_folder) == 0
+    assert {f: f.read_bytes() for f in lost} == contents
+    assert _tracked(sweep_dir) == before
+
+
 # ------------------------------------------------------------------------------ (b) a real mlflow server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
