@@ -13,7 +13,7 @@ from clcore.config import BenchmarkConfig, ConfigError, ExperimentConfig, ModelC
 from clcore.data import build_benchmark
 from clcore.models import build_model
 from clcore.strategies import build_strategy
-from clcore.strategies.ewc import EWC
+from clcore.strategies.ewc import EWC, QuadraticPenalty
 from clcore.train import TrainingDivergedError, run
 
 from conftest import small_config
@@ -276,6 +276,28 @@ def test_a_huge_lambda_leaves_the_task_gradient_intact_at_the_anchor(synthetic, 
     ewc.add_penalty_grad(model)
     for p, g in zip(model.parameters(), task_grads):
         assert torch.equal(p.grad, g)
+
+
+def test_quadratic_penalty_kept_buffer_and_foreach_paths_agree():
+    """CPU writes theta - a into a kept buffer a tensor at a time, CUDA uses one foreach kernel into
+    fresh memory: both add exactly W (theta - a), and the kept buffer is reused, never reallocated."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (7,), (3, 7)]
+    weight, anchor, params, grads = ([torch.rand(s, generator=g) for s in shapes] for _ in range(4))
+    want = [gr + w * (p - a) for gr, w, p, a in zip(grads, weight, params, anchor)]
+    kept = QuadraticPenalty(weight, anchor)
+    assert kept.scratch is not None  # CPU tensors
+    buffers = [e.data_ptr() for e in kept.scratch]
+    foreach = QuadraticPenalty(weight, anchor)
+    foreach.scratch = None  # the CUDA path, run on CPU tensors
+    results = []
+    for q in (kept, foreach):
+        out = [gr.clone() for gr in grads]
+        q.add_grad(params, out)
+        torch.testing.assert_close(out, want)  # addcmul may fuse the multiply-add: not bit-equal to `want`
+        results.append(out)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert [e.data_ptr() for e in kept.scratch] == buffers
 
 
 def test_penalty_gradient_fills_parameters_the_task_loss_did_not_reach(synthetic):
