@@ -395,6 +395,22 @@ def test_kuberay_job_targets_the_cluster():
     assert _option(entrypoint, "--set") == "storage.path=/home/ray/ray_results"
 
 
+def test_documented_token_command_writes_the_token_once(tmp_path):
+    """docs/cluster.md's first by-hand Ray step writes ``~/.ray/auth_token`` when there is none and
+    keeps it after that (the cluster tests pass their tokens through ``RAY_AUTH_TOKEN`` instead)."""
+    command = "ray get-auth-token --generate"
+    assert f"{command} > /dev/null" in DOCS.read_text()
+    env = {**os.environ, "HOME": str(tmp_path), "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_AUTH_TOKEN", None)
+    ray = str(Path(sys.executable).with_name("ray"))
+    printed = [subprocess.run([ray, *command.split()[1:]], env=env, capture_output=True, text=True, timeout=120)
+               for _ in range(2)]
+    assert all(p.returncode == 0 for p in printed), printed[0].stderr
+    token = (tmp_path / ".ray" / "auth_token").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", token)
+    assert [p.stdout.strip() for p in printed] == [token, token]
+
+
 # --------------------------------------------- (d) MLflow on a real PostgreSQL server
 
 def test_healthcheck_fails_when_nothing_answers():
