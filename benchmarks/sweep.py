@@ -78,13 +78,13 @@ def compute_to_target(state, target: float) -> float | None:
     return sum(epochs for t in state.trials if t.history for begun, epochs in task_epochs(t) if begun < when)
 
 
-def run_arms(args, storage: Path, common: list[str], repeat: int) -> tuple[dict, list[float]]:
+def run_arms(spec_file: str, common: list[str], repeat: int) -> tuple[dict, list[float]]:
     """Both arms with search seed ``repeat``: their figures, and every trial's service overhead."""
     from sweeps.runner import run_sweep
 
     out, overheads, states = {}, [], {}
     for arm, extra in ARMS.items():
-        spec = load_spec(args.spec, [*common, *extra, f"algorithm.seed={repeat}",
+        spec = load_spec(spec_file, [*common, *extra, f"algorithm.seed={repeat}",
                                      f"name=bench_{arm.replace('+', '_')}_{repeat}"])
         started = time.perf_counter()
         states[arm] = state = run_sweep(spec, verbose=0)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     repeats, overheads = [], []
     for r in range(args.repeats):
-        figures, trial_overheads = run_arms(args, storage, common, r)
+        figures, trial_overheads = run_arms(args.spec, common, r)
         repeats.append(figures)
         overheads += trial_overheads
 

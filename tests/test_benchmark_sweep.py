@@ -27,7 +27,8 @@ def trial(trial_id: str, started: float, ends: list[float], scores: list[float],
 
 @pytest.fixture
 def state() -> SweepState:
-    spec = SweepSpec.from_yaml(ROOT / "search_spaces" / "ewc_split_mnist_task.yaml")  # its objective: val_average_accuracy
+    # the sweep file's objective: val_average_accuracy
+    spec = SweepSpec.from_yaml(ROOT / "search_spaces" / "ewc_split_mnist_task.yaml")
     return SweepState(spec, Path("/nowhere"), [
         trial("a", 0.0, [10.0, 20.0, 30.0], [0.99, 0.95, 0.90]),   # complete, below the target
         trial("b", 5.0, [15.0], [0.97]),                            # stopped after one task

@@ -34,7 +34,8 @@ the model's argmax labels by default, and it always mixes ``F = alpha F_old + (1
 (alpha on the old importance, anchored at the latest parameters).
 
 Per step the gradient ``lambda * A * (theta - m)`` is added to ``p.grad`` in place in two passes over
-memory (`QuadraticPenalty`); the value is only computed when asked for (`penalty`), which the training loop does once per epoch.
+memory (`QuadraticPenalty`); the value is only computed when asked for (`penalty`), which the training
+loop does once per epoch.
 """
 
 from __future__ import annotations
