@@ -9,7 +9,7 @@ from torch import nn
 
 from clcore.config import BenchmarkConfig, ModelConfig
 from clcore.data import Split, build_benchmark
-from clcore.fisher import _factorable_linears, estimate_fisher
+from clcore.fisher import _factorable_layers, estimate_fisher
 from clcore.models import ContinualModel, OutputHead, build_model
 
 N = 60  # samples per estimate: enough to exercise chunking, small enough for a per-sample loop
@@ -209,7 +209,7 @@ def test_importance_pass_runs_in_eval_mode_and_changes_nothing(estimator, start_
     assert_close(fisher, slow)
 
 
-# --------------------------------------------------------------------------- Linear layers without per-sample gradients
+# --------------------------------------------------------------------------- layers without per-sample gradients
 class SharedLinear(nn.Module):
     """One Linear applied twice: its squared per-sample gradients do not factor."""
 
@@ -229,30 +229,96 @@ def shared_linear_model_and_split():
     return model, split
 
 
+class Convolutions(nn.Module):
+    """Convolutions of every shape the unfolding must get right, and some that must not be factored.
+
+    ``batch_stats`` adds a BatchNorm without running statistics: samples then interact even in eval
+    mode, so no layer may be factored.
+    """
+
+    def __init__(self, batch_stats: bool = False):
+        super().__init__()
+        self.strided = nn.Conv2d(3, 4, 3, stride=2, padding=(1, 2), dilation=(1, 2))  # bias
+        self.bn = nn.BatchNorm2d(4)
+        self.rect = nn.Conv2d(4, 6, (2, 3), bias=False)  # no padding, rectangular kernel
+        self.grouped = nn.Conv2d(6, 6, 1, groups=2)       # vmap
+        self.inplace = nn.Conv2d(6, 5, 1)                 # its output is changed in place: vmap
+        self.reflect = nn.Conv2d(5, 5, 3, padding=1, padding_mode="reflect")  # vmap
+        self.norm = nn.BatchNorm2d(6, track_running_stats=False) if batch_stats else nn.Identity()
+        self.out_features = 5
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.strided(x)))
+        x = self.grouped(self.norm(self.rect(x)))
+        return self.reflect(torch.relu_(self.inplace(x))).mean((2, 3))
+
+
+def convolutions_model_and_split(batch_stats: bool = False):
+    torch.manual_seed(0)
+    model = ContinualModel(Convolutions(batch_stats), OutputHead(5, "multi", 2, 3), (0.5, 0.5, 0.5),
+                           (0.25, 0.25, 0.25))
+    _, split = bn_model_and_split()
+    model.train()
+    for _ in range(3):  # non-trivial running statistics
+        model(split.x, split.task_ids)
+    return model, split
+
+
+MODELS = {"conv_bn": bn_model_and_split, "shared_linear": shared_linear_model_and_split,
+          "convolutions": convolutions_model_and_split}
+
+
 @pytest.mark.parametrize("estimator", ["exact", "empirical", "sampled"])
-@pytest.mark.parametrize("kind", ["mlp_task", "mlp_class", "conv_bn", "shared_linear"])
-def test_factored_linear_layers_equal_vmap_over_every_parameter(synthetic, kind, estimator):
+@pytest.mark.parametrize("kind", ["mlp_task", "mlp_class", "conv_bn", "shared_linear", "convolutions", "cnn"])
+def test_factored_layers_equal_vmap_over_every_parameter(synthetic, kind, estimator):
     if kind.startswith("mlp"):
         model, split = tiny(synthetic, kind.split("_")[1], hidden=(16, 8))
+    elif kind == "cnn":  # the library's SmallCNN, at the size of the synthetic images
+        bench = build_benchmark(BenchmarkConfig(name="synthetic", scenario="task", n_tasks=5), synthetic)
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(name="cnn", hidden_sizes=[16]), input_shape=bench.input_shape, scenario="task",
+                            n_tasks=5, classes_per_task=2, mean=bench.mean, std=bench.std)
+        split = bench.tasks[1].train
     else:
-        model, split = bn_model_and_split() if kind == "conv_bn" else shared_linear_model_and_split()
-    factored, vmapped = (estimate_fisher(model, split, estimator, max_samples=N, batch_size=16, factor_linear=f,
+        model, split = MODELS[kind]()
+    factored, vmapped = (estimate_fisher(model, split, estimator, max_samples=N, batch_size=16, factor_layers=f,
                                          generator=torch.Generator().manual_seed(1)) for f in (True, False))
     assert_close(factored, vmapped, rtol=1e-5)
     assert sum(float(v.sum()) for v in factored.values()) > 1e-4
 
 
-def test_only_linears_called_once_on_2d_inputs_are_factored(synthetic):
+def test_factored_convolutions_equal_the_loop_in_chunks(monkeypatch):
+    """Convolutions and BatchNorm against one backward per sample, with chunks of one sample or several."""
+    model, split = convolutions_model_and_split()
+    slow = brute_force(model, split, "empirical", len(split))
+    for chunk_bytes in (1, 3000, 2**30):
+        monkeypatch.setattr("clcore.fisher.CPU_CHUNK_BYTES", chunk_bytes)
+        assert_close(estimate_fisher(model, split, "empirical", batch_size=16), slow)
+
+
+def test_only_layers_called_once_and_left_unchanged_are_factored(synthetic):
     mlp, split = tiny(synthetic, "task", hidden=(16, 8))
     probe = (split.x[:1], split.task_ids[:1])
     params = {k: p.detach() for k, p in mlp.named_parameters()}
-    assert set(_factorable_linears(mlp, params, *probe)) == {"backbone.net.1", "backbone.net.3", "head.linear"}
+    assert set(_factorable_layers(mlp, params, *probe)) == {"backbone.net.1", "backbone.net.3", "head.linear"}
     mlp.head.linear.bias.requires_grad_(False)  # a partly frozen layer goes through vmap for the rest
     params = {k: p.detach() for k, p in mlp.named_parameters() if p.requires_grad}
-    assert set(_factorable_linears(mlp, params, *probe)) == {"backbone.net.1", "backbone.net.3"}
+    assert set(_factorable_layers(mlp, params, *probe)) == {"backbone.net.1", "backbone.net.3"}
 
     shared, shared_split = shared_linear_model_and_split()
     params = {k: p.detach() for k, p in shared.named_parameters()}
-    assert set(_factorable_linears(shared, params, shared_split.x[:1], shared_split.task_ids[:1])) == {"head.linear"}
+    assert set(_factorable_layers(shared, params, shared_split.x[:1], shared_split.task_ids[:1])) == {"head.linear"}
     assert_close(estimate_fisher(shared, shared_split, "empirical"),
                  brute_force(shared, shared_split, "empirical", len(shared_split)))
+
+    convs, convs_split = convolutions_model_and_split()
+    convs.eval()
+    params = {k: p.detach() for k, p in convs.named_parameters()}
+    assert set(_factorable_layers(convs, params, convs_split.x[:1], convs_split.task_ids[:1])) == {
+        "backbone.strided", "backbone.bn", "backbone.rect", "head.linear"}
+
+    mixing, mixing_split = convolutions_model_and_split(batch_stats=True)
+    params = {k: p.detach() for k, p in mixing.named_parameters()}
+    assert _factorable_layers(mixing, params, mixing_split.x[:1], mixing_split.task_ids[:1]) == {}
+    assert_close(estimate_fisher(mixing, mixing_split, "empirical"),
+                 brute_force(mixing, mixing_split, "empirical", len(mixing_split)))
