@@ -203,8 +203,8 @@ def main() -> None:
         Trainer("rwalk", RWalk(0.1, 0.9, 10), model, past[:1], current, args.batch),
     ]
     load = ", load average %.1f %.1f %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
-    print(f"device: {device} ({torch.get_num_threads()} threads of {os.cpu_count()} cores{load}, torch {torch.__version__}); "
-          f"MLP 784-256-256-10 ({n_params:,} parameters), batch {args.batch}, SGD")
+    print(f"device: {device} ({torch.get_num_threads()} threads of {os.cpu_count()} cores{load}, "
+          f"torch {torch.__version__}); MLP 784-256-256-10 ({n_params:,} parameters), batch {args.batch}, SGD")
     per_round = time_steps(trainers, args.rounds, args.steps, args.warmup, device)
     naive = per_round["naive"]
     ratios = {name: median_ratio(v, naive) for name, v in per_round.items()}
