@@ -186,7 +186,7 @@ def _factorable_layers(model: nn.Module, params: dict[str, torch.Tensor], x: tor
     """The layers whose squared per-sample gradients come from their input and output gradient alone.
 
     ``nn.Linear`` on 2-D inputs, ``nn.Conv2d`` (zero padding, one group) on 4-D inputs and
-    ``nn.BatchNorm2d`` normalising with its running statistics (it does in eval mode when it tracks
+    ``nn.BatchNorm2d`` normalising with its running statistics (in eval mode it does whenever it has
     them), each with every parameter trainable (so the estimate covers each of them). A probe forward
     on one sample records each candidate's calls: a layer qualifies when it runs exactly once and
     nothing changes its output in place. None does in a model with a batch-norm layer that has no
@@ -197,11 +197,11 @@ def _factorable_layers(model: nn.Module, params: dict[str, torch.Tensor], x: tor
             return True
         if type(m) is nn.Conv2d:
             return m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str)
-        if type(m) is nn.BatchNorm2d:
-            return m.affine and m.track_running_stats and m.running_mean is not None
+        if type(m) is nn.BatchNorm2d:  # one without running statistics makes this return {} below
+            return m.affine
         return False
 
-    if any(isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is None for m in model.modules()):
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None for m in model.modules()):
         return {}  # it normalises by the batch even in eval mode: a batched backward mixes samples
     dims = {nn.Linear: 2, nn.Conv2d: 4, nn.BatchNorm2d: 4}
     candidates = {name: m for name, m in model.named_modules() if qualifies(m) and all(
@@ -234,13 +234,15 @@ def _add_layer_squares(model: nn.Module, layers: dict[str, nn.Module], x: torch.
 
     ``targets`` are (labels, per-sample loss weight) pairs; one forward serves them all, each takes one
     backward to the layer outputs (``delta``: the gradient of the weighted loss summed over samples,
-    which in eval mode is each sample's own gradient). See `_layer_squares` for each kind of layer.
+    which in eval mode is each sample's own gradient). See `_add_squares` for each kind of layer.
     """
     inputs, outputs = {}, {}
 
     def keep(name):
         def hook(module, args, output):
-            inputs[name], outputs[name] = args[0].detach(), output
+            a = args[0].detach()
+            inputs[name] = a.square() if type(module) is nn.Linear else a  # all a Linear needs, for every target
+            outputs[name] = output
         return hook
 
     hooks = [m.register_forward_hook(keep(name)) for name, m in layers.items()]
@@ -250,22 +252,18 @@ def _add_layer_squares(model: nn.Module, layers: dict[str, nn.Module], x: torch.
         for h in hooks:
             h.remove()
     names = list(layers)
-    for name in names:
-        if type(layers[name]) is nn.Linear:
-            inputs[name] = inputs[name].square()  # all a Linear needs of its input, for every target
     for i, (labels, weight) in enumerate(targets):
         loss = (weight * F.cross_entropy(logits, labels, reduction="none")).sum()
         deltas = torch.autograd.grad(loss, [outputs[k] for k in names], retain_graph=i < len(targets) - 1,
                                      allow_unused=True, materialize_grads=True)
         for name, delta in zip(names, deltas):
-            module = layers[name]
-            for k, square in _layer_squares(module, inputs[name], delta, chunk_bytes):
-                fisher[f"{name}.{k}"] += square
+            _add_squares(layers[name], inputs[name], delta, fisher[f"{name}.weight"], fisher.get(f"{name}.bias"),
+                         chunk_bytes)
 
 
-def _layer_squares(module: nn.Module, a: torch.Tensor, delta: torch.Tensor,
-                   chunk_bytes: int | None) -> Iterator[tuple[str, torch.Tensor]]:
-    """(parameter, sum over samples of its squared per-sample gradient) for one layer.
+def _add_squares(module: nn.Module, a: torch.Tensor, delta: torch.Tensor, weight_sum: torch.Tensor,
+                 bias_sum: torch.Tensor | None, chunk_bytes: int | None) -> None:
+    """Add one layer's squared per-sample gradients, summed over samples, to ``weight_sum`` and ``bias_sum``.
 
     ``a``: the layer's input (squared already for a Linear), ``delta``: the gradient at its output.
 
@@ -275,32 +273,27 @@ def _layer_squares(module: nn.Module, a: torch.Tensor, delta: torch.Tensor,
       channels x kernel by positions); the sum over positions sits inside the square, so per-sample
       gradients are formed by one batched matmul, a chunk of samples at a time (at most
       ``chunk_bytes`` of unfolded inputs and gradients), squared and summed.
-    - BatchNorm2d on running statistics: ``y = gamma x_hat + beta`` per channel, so a sample's
-      gradients are ``sum_hw delta x_hat`` and ``sum_hw delta``.
-    Biases: a sample's bias gradient is ``delta`` summed over positions.
+    - BatchNorm2d on running statistics: ``y = gamma x_hat + beta`` per channel, so a sample's weight
+      gradient is ``sum_hw delta x_hat = (sum_hw delta a - mean sum_hw delta) / std``.
+    Biases (all three): a sample's bias gradient is ``delta`` summed over positions.
     """
+    per_sample_bias = delta if delta.dim() == 2 else delta.sum((2, 3))
     if type(module) is nn.Linear:
-        delta_sq = delta.square()
-        yield "weight", delta_sq.T @ a
-        if module.bias is not None:
-            yield "bias", delta_sq.sum(0)
+        weight_sum.addmm_(delta.square().T, a)
     elif type(module) is nn.Conv2d:
         n, positions = len(a), delta[0, 0].numel()
         per_sample = (module.weight[0].numel() * positions + module.weight.numel()) * a.element_size()
         chunk = n if chunk_bytes is None else max(1, min(n, chunk_bytes // per_sample))
-        weight = torch.zeros_like(module.weight).flatten(1)
         for s in range(0, n, chunk):
             unfolded = _unfold(a[s:s + chunk], module, delta.shape[2:])
-            weight += torch.bmm(delta[s:s + chunk].flatten(2), unfolded.transpose(1, 2)).square_().sum(0)
-        yield "weight", weight.view_as(module.weight)
-        if module.bias is not None:
-            yield "bias", delta.sum((2, 3)).square_().sum(0)
-    else:  # BatchNorm2d on its running statistics: sum_hw delta x_hat = (sum_hw delta a - mean sum_hw delta) / std
-        delta_sum = delta.sum((2, 3))
+            weight_sum.view(len(weight_sum), -1).add_(
+                torch.bmm(delta[s:s + chunk].flatten(2), unfolded.transpose(1, 2)).square_().sum(0))
+    else:
         delta_a = torch.einsum("ncp,ncp->nc", delta.flatten(2), a.flatten(2))  # no (n, c, h, w) temporary
-        weight = (delta_a - module.running_mean * delta_sum) * (module.running_var + module.eps).rsqrt()
-        yield "weight", weight.square_().sum(0)
-        yield "bias", delta_sum.square_().sum(0)
+        gamma = (delta_a - module.running_mean * per_sample_bias) * (module.running_var + module.eps).rsqrt()
+        weight_sum += gamma.square_().sum(0)
+    if bias_sum is not None:
+        bias_sum += per_sample_bias.square().sum(0)
 
 
 def _unfold(a: torch.Tensor, conv: nn.Conv2d, out_size: torch.Size) -> torch.Tensor:
