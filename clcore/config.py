@@ -78,6 +78,7 @@ HEAD_FOR_SCENARIO = {"task": "multi", "domain": "single", "class": "incremental"
 STRATEGIES = ("naive", "joint", "ewc", "rwalk")
 EWC_MODES = ("separate", "online")
 FISHER_ESTIMATORS = ("exact", "empirical", "sampled", "batched")
+RWALK_SCORE_CLIPS = ("average", "interval")  # see clcore/strategies/rwalk.py
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -87,7 +88,7 @@ STRATEGY_PARAMS = {
     "joint": (),
     "ewc": ("lambda", "mode", "decay_factor", "fisher", "fisher_samples", "fisher_batch_size",
             "keep_importance_data"),
-    "rwalk": ("lambda", "alpha", "delta_t"),
+    "rwalk": ("lambda", "alpha", "delta_t", "score_clip"),
 }
 
 
@@ -196,12 +197,13 @@ class StrategyConfig:
     keep_importance_data: Optional[bool] = None
     alpha: Optional[float] = None
     delta_t: Optional[int] = None
+    score_clip: Optional[str] = None
 
     # Defaults filled in by `with_defaults` for the fields a strategy accepts.
     DEFAULTS: typing.ClassVar[dict] = {
         "lambda": 1.0, "mode": "separate", "decay_factor": None, "fisher": "empirical",
         "fisher_samples": None, "fisher_batch_size": 256, "keep_importance_data": False,
-        "alpha": 0.9, "delta_t": 10,
+        "alpha": 0.9, "delta_t": 10, "score_clip": "average",
     }
 
     def get(self, key: str):
@@ -243,6 +245,7 @@ class StrategyConfig:
                      f"must be in [0, 1], got {self.alpha!r}")
             _require(isinstance(self.delta_t, int) and self.delta_t >= 1, p + "delta_t",
                      f"must be an integer >= 1, got {self.delta_t!r}")
+            _one_of(self.score_clip, RWALK_SCORE_CLIPS, p + "score_clip")
 
 
 @dataclass
@@ -270,6 +273,18 @@ class TrainConfig:
                      f"must be an integer >= 1, got {value!r}")
         _require(self.device in DEVICES or self.device.startswith("cuda:"), p + "device",
                  f"unknown device {self.device!r}; allowed: auto, cpu, cuda, cuda:N")
+        _require(self.optimizer == "sgd" or self.momentum == 0, p + "momentum",
+                 f"is SGD's momentum and does nothing with optimizer {self.optimizer!r} (Adam's moments are "
+                 f"its betas), got {self.momentum!r}; allowed: 0 with adam, or optimizer sgd")
+        _require(not (self.amp and self.device == "cpu"), p + "amp",
+                 "bf16 autocast runs on CUDA only, and train.device is 'cpu'; allowed: false with device cpu, "
+                 "or device auto/cuda on a machine with a GPU")
+
+    def check_amp(self, device_type: str) -> None:
+        """``amp`` needs the CUDA device the run resolved (``device: auto`` on a CPU-only machine has none)."""
+        _require(not self.amp or device_type == "cuda", "train.amp",
+                 f"bf16 autocast runs on CUDA only, and this run's device is {device_type!r}; allowed: false "
+                 f"on a machine without a GPU")
 
 
 @dataclass
@@ -313,8 +328,10 @@ class ExperimentConfig:
 
     @classmethod
     def from_yaml(cls, path_or_text: str | Path) -> "ExperimentConfig":
-        text = Path(path_or_text).read_text() if _is_path(path_or_text) else str(path_or_text)
-        data = yaml.safe_load(text)
+        if _is_path(path_or_text):
+            data = read_yaml_file(path_or_text)
+        else:
+            data = parse_yaml(str(path_or_text))
         if data is not None and not isinstance(data, dict):
             raise ConfigError("<root>", "a config file must be a YAML mapping")
         return cls.from_dict(data)
@@ -343,6 +360,89 @@ class ExperimentConfig:
     def flat(self) -> dict[str, Any]:
         """``{"train.lr": 0.01, "strategy.lambda": 1.0, ...}`` for logging as parameters."""
         return flatten(self.to_dict())
+
+
+class YamlFileError(ConfigError):
+    """A file is not UTF-8 YAML, or a mapping in it repeats a key. ``field`` is ``<file>`` or the
+    dotted path of the repeated key; ``line`` is 1-based (None when unknown)."""
+
+    def __init__(self, field_path: str, message: str, line: Optional[int] = None):
+        super().__init__(field_path, message)
+        self.line = line
+
+    def __reduce__(self):
+        return type(self), (self.field, self.message, self.line)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a mapping that repeats a key is an error, not last-wins
+    (keys merged in with ``<<`` may still be overridden, as YAML's merge key intends)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: explicit keys may override it
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                break
+            if not repeated:
+                seen[key] = key_node.start_mark.line + 1
+            else:
+                first = seen[key]
+                where = ".".join(map(str, [*_parents(self, node), key]))
+                raise YamlFileError(where, f"key {key!r} appears twice, at lines {first} and "
+                                           f"{key_node.start_mark.line + 1}; allowed: each key once per mapping",
+                                    key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep)
+
+
+def _parents(loader: _UniqueKeyLoader, node) -> list:
+    """The keys leading from the document's root to mapping ``node`` (for the error's field)."""
+    path: list = []
+
+    def walk(current, trail) -> bool:
+        if current is node:
+            path.extend(trail)
+            return True
+        if isinstance(current, yaml.MappingNode):
+            return any(walk(v, [*trail, k.value]) for k, v in current.value)
+        if isinstance(current, yaml.SequenceNode):
+            return any(walk(v, [*trail[:-1], f"{trail[-1]}[{i}]"] if trail else [f"[{i}]"])
+                       for i, v in enumerate(current.value))
+        return False
+
+    root = getattr(loader, "_root", None)
+    if root is not None:
+        walk(root, [])
+    return path
+
+
+def parse_yaml(text: str):
+    """``text`` as YAML (safe types only); a repeated key in any mapping raises `YamlFileError`,
+    so a second ``scheduler:`` cannot silently replace the first."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        loader._root = loader.get_single_node()
+        return loader.construct_document(loader._root) if loader._root is not None else None
+    finally:
+        loader.dispose()
+
+
+def read_yaml_file(path: str | Path):
+    """The YAML document in file ``path``. Bytes that are not UTF-8 raise `YamlFileError` naming the
+    line and byte offset; repeated keys too (see `parse_yaml`). `yaml.YAMLError` passes through."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise YamlFileError("<file>", f"is not UTF-8 text: byte 0x{data[error.start]:02x} at offset {error.start} "
+                                      f"(line {line}) cannot be decoded; allowed: a UTF-8 encoded YAML file",
+                            line) from None
+    return parse_yaml(text)
 
 
 def _is_path(value) -> bool:

@@ -7,9 +7,16 @@ tasks seen so far, row ``i = len(R) - 1``).
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 Matrix = Sequence[Sequence[float]]
+
+# Metrics an accuracy matrix cannot measure in a scenario: reported as NaN there, and no sweep may
+# select on them. Class-IL: the incremental head masks the units of tasks not yet seen, so before
+# task j is trained its accuracy is 0 both at initialisation and after task j-1, and forward
+# transfer is 0 by construction whatever the model learned.
+UNMEASURABLE = {"class": ("fwt",)}
 
 
 def average_accuracy(R: Matrix) -> float:
@@ -58,8 +65,10 @@ def intransigence(R: Matrix, reference: Sequence[float]) -> float:
     return sum(reference[k] - R[k][k] for k in range(i + 1)) / (i + 1)
 
 
-def summary(R: Matrix, initial: Sequence[float] | None = None, reference: Sequence[float] | None = None) -> dict:
-    """All metrics that the available inputs allow, keyed by name."""
+def summary(R: Matrix, initial: Sequence[float] | None = None, reference: Sequence[float] | None = None,
+            scenario: str | None = None) -> dict:
+    """All metrics that the available inputs allow, keyed by name; NaN for those ``scenario``
+    cannot measure (`UNMEASURABLE`)."""
     out = {
         "average_accuracy": average_accuracy(R),
         "forgetting": forgetting(R),
@@ -69,4 +78,7 @@ def summary(R: Matrix, initial: Sequence[float] | None = None, reference: Sequen
         out["fwt"] = forward_transfer(R, initial)
     if reference is not None:
         out["intransigence"] = intransigence(R, reference)
+    for name in UNMEASURABLE.get(scenario, ()):
+        if name in out:
+            out[name] = math.nan
     return out

@@ -134,6 +134,7 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
     """
     config.validate()
     device = resolve_device(config.train.device)
+    config.train.check_amp(device.type)
     torch.manual_seed(config.seed)
     if benchmark is None:
         benchmark = build_benchmark(config.benchmark, raw if raw is not None else load_raw(config.benchmark), device)
@@ -146,6 +147,7 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
     batch_order = torch.Generator(device=device).manual_seed(config.seed)
     eval_bs = config.train.eval_batch_size
     cfg = config.train
+    scenario = config.benchmark.scenario
 
     val_rows: list[list[float]] = []
     test_rows: list[list[float]] = []
@@ -172,7 +174,7 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
         initial_val = evaluate(model, [t.val for t in tasks], eval_bs)
         initial_test = evaluate(model, [t.test for t in tasks], eval_bs)
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
     started = time.perf_counter()
     report_is_current = [False]  # whether the last TaskReport still describes the training state
     for t in range(start_task, benchmark.n_tasks):
@@ -182,7 +184,9 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
         if t > 0 and cfg.reset_optimizer:
             optimizer = make_optimizer(model, cfg, device)
         strategy.before_task(model, task)
-        data = Split.concat([s.train for s in tasks[: t + 1]]) if strategy.trains_on_all_seen_tasks else task.train
+        trained = range(t + 1) if strategy.trains_on_all_seen_tasks else [t]
+        data = Split.concat([tasks[k].train for k in trained]) if len(trained) > 1 else task.train
+        idle = model.head.idle_parameters(trained)  # other tasks' heads: no gradient, so no update at all
         n = len(data)
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         losses = torch.zeros(cfg.epochs, steps_per_epoch, device=device)
@@ -199,6 +203,8 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 strategy.add_penalty_grad(model)
+                for p in idle:
+                    p.grad = None
                 optimizer.step()
                 strategy.after_step(model)
                 losses[epoch, step] = loss.detach()
@@ -213,8 +219,8 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
         task_loss, mean_penalty = (v.item() for v in (losses.mean(), penalties.mean()))
         importance = strategy.importance_norm()
         task_metrics = {
-            **{f"val_{k}": v for k, v in M.summary(val_rows, initial_val, reference_accuracy).items()},
-            **{f"test_{k}": v for k, v in M.summary(test_rows, initial_test).items()},
+            **{f"val_{k}": v for k, v in M.summary(val_rows, initial_val, reference_accuracy, scenario).items()},
+            **{f"test_{k}": v for k, v in M.summary(test_rows, initial_test, scenario=scenario).items()},
             "val_accuracy_current_task": val_rows[-1][t],
             "task_loss": task_loss,
             "penalty": mean_penalty,

@@ -49,7 +49,9 @@ from typing import Any, Optional
 
 import yaml
 
-from clcore.config import ConfigError, ExperimentConfig, build_typed, config_paths, parse_override, set_path
+from clcore.metrics import UNMEASURABLE
+from clcore.config import (ConfigError, ExperimentConfig, YamlFileError, build_typed, config_paths, parse_override,
+                           read_yaml_file, set_path)
 
 
 class SpecError(ConfigError):
@@ -106,6 +108,7 @@ MUTABLE = ("train.lr", "train.momentum", "train.weight_decay", "train.epochs", "
 SECTIONS = ("name", "description", "base", "search", "objective", "algorithm", "scheduler", "resources",
             "storage", "max_failures", "tracking")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # s3://, gs://, file://, hdfs://: not a directory path
 # ExperimentConfig's messages for a value out of range: "must be in [0, 1], got 1.5",
 # "online EWC needs decay_factor in (0, 1], got 0.0", "must be an integer >= 1, got 0".
 _RULE = re.compile(r"^(?:.* )?(?:must be|needs \S+) (?P<allowed>.+), got .+$")
@@ -244,11 +247,11 @@ class SweepSpec:
     def from_yaml(cls, path: str | Path, overrides: Optional[list[str] | dict[str, Any]] = None) -> "SweepSpec":
         source = str(path)
         try:
-            text = Path(path).read_text()
+            data = read_yaml_file(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"{source}: no such sweep file") from None
-        try:
-            data = yaml.safe_load(text)
+        except YamlFileError as error:
+            raise SpecError(source, error.field, error.message) from None
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -414,10 +417,10 @@ class _Validator:
         search = self.search(data.get("search"))
         first = self.check_values(base, search)
         n_tasks = first.benchmark.n_tasks
-        objective = self.objective(data.get("objective"), first)
+        objective = self.objective(data.get("objective"), first, search)
         algorithm = self.algorithm(data.get("algorithm"), search, base, first)
         scheduler = self.scheduler(data.get("scheduler"), search, algorithm, n_tasks)
-        resources = self.resources(data.get("resources"), first)
+        resources = self.resources(data.get("resources"), first, search)
         storage = self.storage(data.get("storage"), scheduler)
         max_failures = data.get("max_failures", 1)
         if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
@@ -526,7 +529,13 @@ class _Validator:
                           allowed or None)
 
     # -------------------------------------------------------------- objective, algorithm, scheduler
-    def objective(self, data, first: ExperimentConfig) -> Objective:
+    @staticmethod
+    def values_of(key: str, first_value, search: dict[str, Distribution]) -> list:
+        """Every value a trial's ``key`` can take: the searched values, else the base config's."""
+        d = search.get(key)
+        return list(d.values) if d is not None and d.discrete else [first_value]
+
+    def objective(self, data, first: ExperimentConfig, search: dict[str, Distribution]) -> Objective:
         objective = self.section(Objective, data, "objective")
         metric = objective.metric
         if metric.startswith("test_"):
@@ -535,6 +544,12 @@ class _Validator:
                              ", ".join(OBJECTIVES))
         if metric not in OBJECTIVES:
             raise self.error("objective.metric", f"unknown metric {metric!r}", ", ".join(OBJECTIVES))
+        for scenario in self.values_of("benchmark.scenario", first.benchmark.scenario, search):
+            if metric.removeprefix("val_") in UNMEASURABLE.get(scenario, ()):
+                raise self.error("objective.metric", f"{metric!r} is not measured in the {scenario}-incremental "
+                                                     f"scenario (clcore reports NaN: see clcore.metrics.UNMEASURABLE)",
+                                 ", ".join(m for m in OBJECTIVES if m.removeprefix("val_")
+                                           not in UNMEASURABLE.get(scenario, ())))
         if first.benchmark.val_fraction == 0:  # the objective would be NaN in every trial
             raise self.error("base.benchmark.val_fraction", f"is 0: no validation data for the objective {metric!r}",
                              "a fraction in (0, 1), e.g. 0.1")
@@ -673,6 +688,11 @@ class _Validator:
         storage = self.section(Storage, data, "storage")
         if not storage.path:
             raise self.error("storage.path", "must not be empty", "a directory path")
+        if _URI.match(storage.path):
+            raise self.error("storage.path", f"{storage.path!r} is a URI; sweeps keep their storage in a directory "
+                                             f"that the driver and every Ray node can read (a cluster's shared "
+                                             f"mount), and remote object stores are not supported",
+                             "a local or mounted directory path, e.g. ./ray_results or /mnt/shared/ray_results")
         if scheduler.name == "pbt":
             # PBT continues trials from other trials' checkpoints; with a limit, Ray Tune (2.x) deletes
             # checkpoints PBT still needs and fails the trials that own them.
@@ -687,7 +707,7 @@ class _Validator:
                              "an integer >= 1, or null for all")
         return storage
 
-    def resources(self, data, first: ExperimentConfig) -> Resources:
+    def resources(self, data, first: ExperimentConfig, search: dict[str, Distribution]) -> Resources:
         r = self.section(Resources, data, "resources")
         if r.cpu <= 0:
             raise self.error("resources.cpu", f"got {r.cpu}", "a number > 0 (fractions share a CPU)")
@@ -700,6 +720,10 @@ class _Validator:
         if r.gpu == 0 and device.startswith("cuda"):
             raise self.error("resources.gpu", f"0, but base.train.device is {device!r}: a trial would get no GPU",
                              "gpu > 0 (e.g. 0.25 to share a GPU between four trials), or device auto/cpu")
+        if r.gpu == 0 and True in self.values_of("train.amp", first.train.amp, search):
+            raise self.error("base.train.amp" if "train.amp" not in search else "search.train.amp",
+                             "bf16 autocast runs on CUDA only, and resources.gpu is 0: trials would run on CPU",
+                             "amp false, or resources.gpu > 0")
         return r
 
 

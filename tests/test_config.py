@@ -91,7 +91,8 @@ def test_override_switching_strategy_starts_its_parameters_afresh():
                                                    "decay_factor": 0.5}})
     assert ewc.with_overrides({"strategy.name": "naive"}).to_dict()["strategy"] == {"name": "naive"}
     rwalk = ewc.with_overrides({"strategy.name": "rwalk", "strategy.alpha": 0.3})
-    assert rwalk.to_dict()["strategy"] == {"name": "rwalk", "lambda": 1.0, "alpha": 0.3, "delta_t": 10}
+    assert rwalk.to_dict()["strategy"] == {"name": "rwalk", "lambda": 1.0, "alpha": 0.3, "delta_t": 10,
+                                           "score_clip": "average"}
     # a parameter set explicitly that the new strategy does not take is still an error
     with pytest.raises(ConfigError) as err:
         ewc.with_overrides({"strategy.name": "joint", "strategy.mode": "online"})
@@ -163,6 +164,11 @@ BAD_INPUT = [
     ("rotations-count", {"benchmark": {"name": "rotated_mnist", "scenario": "domain", "n_tasks": 3,
                                        "rotations": [0.0, 90.0]}}, "benchmark.rotations", ["3"]),
     ("class-order", {"benchmark": {"class_order": [0, 1, 2]}}, "benchmark.class_order", ["0..9"]),
+    ("momentum-with-adam", {"train": {"optimizer": "adam", "momentum": 0.9}}, "train.momentum",
+     ["SGD's momentum", "'adam'", "allowed: 0 with adam, or optimizer sgd"]),
+    ("amp-on-cpu", {"train": {"amp": True, "device": "cpu"}}, "train.amp", ["CUDA only", "false with device cpu"]),
+    ("rwalk-score-clip", {"strategy": {"name": "rwalk", "score_clip": "relu"}}, "strategy.score_clip",
+     ["average", "interval"]),
 ]
 
 
@@ -193,3 +199,31 @@ def test_run_rejects_a_bad_config_before_loading_data_or_training(tmp_path):
         clcore.run(config, [reports.append])
     assert err.value.field == "train.epochs"
     assert reports == [] and not (tmp_path / "absent").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_amp_with_device_auto_is_rejected_by_run_on_a_machine_without_cuda():
+    config = small_config({"train.amp": True, "train.device": "auto"})  # valid: auto may find a GPU
+    with pytest.raises(ConfigError) as err:
+        clcore.run(config)
+    assert err.value.field == "train.amp" and "'cpu'" in str(err.value)
+
+
+def test_yaml_files_with_repeated_keys_or_bad_bytes_are_rejected(tmp_path):
+    from clcore.config import YamlFileError
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.5\n")
+    with pytest.raises(YamlFileError) as err:
+        ExperimentConfig.from_yaml(twice)
+    assert err.value.field == "train.lr" and "lines 2 and 4" in str(err.value) and err.value.line == 4
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"seed: 0\n# caf\xe9\n")
+    with pytest.raises(YamlFileError) as err:
+        ExperimentConfig.from_yaml(latin)
+    assert err.value.field == "<file>" and "byte 0xe9 at offset 13 (line 2)" in str(err.value)
+    merged = tmp_path / "merged.yaml"  # a merge key's values may be overridden: that is not a repeat
+    merged.write_text("x-train: &t {lr: 0.1, epochs: 2}\ntrain: {<<: *t, lr: 0.5}\n")
+    from clcore.config import read_yaml_file
+
+    assert read_yaml_file(merged)["train"] == {"lr": 0.5, "epochs": 2}

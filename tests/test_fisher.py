@@ -115,9 +115,9 @@ def test_heads_of_other_tasks_and_frozen_parameters(synthetic):
     model.backbone.net[1].bias.requires_grad_(False)
     fisher = estimate_fisher(model, split, "empirical", max_samples=N)
     assert "backbone.net.1.bias" not in fisher
-    head = fisher["head.linear.weight"]
-    assert float(head[2:4].abs().max()) > 0
-    assert float(head[:2].abs().max()) == 0 and float(head[4:].abs().max()) == 0
+    heads = [fisher[f"head.heads.{t}.weight"] for t in range(5)]
+    assert float(heads[1].abs().max()) > 0
+    assert all(float(heads[t].abs().max()) == 0 for t in (0, 2, 3, 4))
 
 
 # --------------------------------------------------------------------------- scale and sample cap
@@ -300,14 +300,17 @@ def test_only_layers_called_once_and_left_unchanged_are_factored(synthetic):
     mlp, split = tiny(synthetic, "task", hidden=(16, 8))
     probe = (split.x[:1], split.task_ids[:1])
     params = {k: p.detach() for k, p in mlp.named_parameters()}
-    assert set(_factorable_layers(mlp, params, *probe)) == {"backbone.net.1", "backbone.net.3", "head.linear"}
-    mlp.head.linear.bias.requires_grad_(False)  # a partly frozen layer goes through vmap for the rest
+    heads = {f"head.heads.{t}" for t in range(5)}
+    assert set(_factorable_layers(mlp, params, *probe)) == {"backbone.net.1", "backbone.net.3", *heads}
+    mlp.head.heads[1].bias.requires_grad_(False)  # a partly frozen layer goes through vmap for the rest
     params = {k: p.detach() for k, p in mlp.named_parameters() if p.requires_grad}
-    assert set(_factorable_layers(mlp, params, *probe)) == {"backbone.net.1", "backbone.net.3"}
+    assert set(_factorable_layers(mlp, params, *probe)) == {"backbone.net.1", "backbone.net.3", *heads} - {
+        "head.heads.1"}
 
     shared, shared_split = shared_linear_model_and_split()
     params = {k: p.detach() for k, p in shared.named_parameters()}
-    assert set(_factorable_layers(shared, params, shared_split.x[:1], shared_split.task_ids[:1])) == {"head.linear"}
+    assert set(_factorable_layers(shared, params, shared_split.x[:1], shared_split.task_ids[:1])) == {
+        "head.heads.0", "head.heads.1"}
     assert_close(estimate_fisher(shared, shared_split, "empirical"),
                  brute_force(shared, shared_split, "empirical", len(shared_split)))
 
@@ -315,7 +318,7 @@ def test_only_layers_called_once_and_left_unchanged_are_factored(synthetic):
     convs.eval()
     params = {k: p.detach() for k, p in convs.named_parameters()}
     assert set(_factorable_layers(convs, params, convs_split.x[:1], convs_split.task_ids[:1])) == {
-        "backbone.strided", "backbone.bn", "backbone.rect", "head.linear"}
+        "backbone.strided", "backbone.bn", "backbone.rect", "head.heads.0", "head.heads.1"}
 
     mixing, mixing_split = convolutions_model_and_split(batch_stats=True)
     params = {k: p.detach() for k, p in mixing.named_parameters()}

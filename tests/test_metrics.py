@@ -7,6 +7,7 @@ not -BWT; forward transfer is not zero).
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -96,3 +97,22 @@ def test_metrics_match_the_papers_formulas_on_random_matrices(seed):
         got = M.summary(R_[:k], b, star)
         want = _paper_metrics(one_based, [None] + b, [None] + star, k)
         assert got == pytest.approx(want), k
+
+
+def test_forward_transfer_is_nan_where_the_scenario_cannot_measure_it():
+    """Class-IL masks unseen tasks' units: R[j-1][j] = b_j = 0 always, so FWT would be 0 by construction."""
+    R = [[0.9, 0.0, 0.0], [0.5, 0.8, 0.0], [0.4, 0.6, 0.7]]
+    assert M.summary(R, [0.0, 0.0, 0.0], scenario="task")["fwt"] == 0.0
+    assert math.isnan(M.summary(R, [0.0, 0.0, 0.0], scenario="class")["fwt"])
+    assert M.summary(R, [0.0, 0.0, 0.0], scenario="class")["average_accuracy"] == pytest.approx(1.7 / 3)
+
+
+def test_class_il_runs_report_nan_forward_transfer(synthetic):
+    from clcore.train import run
+    from conftest import small_config
+
+    result = run(small_config({"benchmark.scenario": "class"}), raw=synthetic)
+    assert math.isnan(result.metrics["val_fwt"]) and math.isnan(result.metrics["test_fwt"])
+    assert all(r[j] == 0.0 for i, r in enumerate(result.val_matrix[:-1]) for j in range(i + 1, 5))
+    task = run(small_config(), raw=synthetic)
+    assert math.isfinite(task.metrics["val_fwt"])

@@ -13,17 +13,22 @@ from clcore.models import MLP, OutputHead, ReducedResNet18, SmallCNN, build_mode
 
 
 def _head_with_unit_logits(kind: str, n_tasks=3, k=2) -> OutputHead:
-    """A head whose logit for output unit u is u, whatever the features."""
+    """A head whose logit for output unit u is u, whatever the features (unit t*k + c: class c of
+    task t's head with a multi head)."""
     head = OutputHead(4, kind, n_tasks, k)
+    layers = head.heads if kind == "multi" else [head.linear]
     with torch.no_grad():
-        head.linear.weight.zero_()
-        head.linear.bias.copy_(torch.arange(head.linear.out_features, dtype=torch.float32))
+        start = 0
+        for layer in layers:
+            layer.weight.zero_()
+            layer.bias.copy_(torch.arange(start, start + layer.out_features, dtype=torch.float32))
+            start += layer.out_features
     return head
 
 
 def test_multi_head_scores_each_sample_on_its_tasks_slice():
     head = _head_with_unit_logits("multi", n_tasks=3, k=2)
-    assert head.linear.out_features == 6
+    assert [h.out_features for h in head.heads] == [2, 2, 2]
     task_ids = torch.tensor([0, 2, 1, 2, 0])
     logits = head(torch.randn(5, 4), task_ids)
     assert logits.shape == (5, 2)
@@ -34,8 +39,32 @@ def test_multi_head_scores_each_sample_on_its_tasks_slice():
 def test_multi_head_gradient_reaches_only_the_tasks_slice():
     head = OutputHead(4, "multi", 3, 2)
     F.cross_entropy(head(torch.randn(8, 4), torch.full((8,), 1)), torch.randint(0, 2, (8,))).backward()
-    grad_rows = head.linear.weight.grad.abs().sum(1)
+    grad_rows = torch.cat([h.weight.grad for h in head.heads]).abs().sum(1)
     assert (grad_rows[2:4] > 0).all() and (grad_rows[[0, 1, 4, 5]] == 0).all()
+    assert head.idle_parameters([1]) == [*head.heads[0].parameters(), *head.heads[2].parameters()]
+    assert head.idle_parameters(range(3)) == []
+
+
+@pytest.mark.parametrize("optimizer, momentum", [("sgd", 0.9), ("adam", 0.0)])
+def test_heads_of_other_tasks_do_not_move_under_weight_decay_or_leftover_momentum(optimizer, momentum, synthetic):
+    """Task 0's head after task 0 is task 0's head after task 4: no decay, no momentum, no Adam step
+    reach an inactive head, even with the optimiser kept across tasks."""
+    from clcore.train import run
+    from conftest import small_config
+
+    seen = {}
+
+    def keep_head_0(report):
+        seen[report.task] = report.checkpoint()["model"]["head.heads.0.weight"].clone()
+
+    config = small_config({"train.optimizer": optimizer, "train.momentum": momentum, "train.weight_decay": 0.01,
+                           "train.reset_optimizer": False, "train.lr": 0.05})
+    run(config, [keep_head_0], raw=synthetic)
+    assert float(seen[0].norm()) > 0
+    assert torch.equal(seen[0], seen[4])
+    other = run(config.with_overrides({"strategy.name": "joint"}), [keep_head_0], raw=synthetic)
+    assert other.metrics["val_average_accuracy"] > 0.5  # joint trains every seen head: they do move
+    assert not torch.equal(seen[0], seen[4])
 
 
 def test_single_head_is_shared_by_all_tasks():

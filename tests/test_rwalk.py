@@ -125,6 +125,33 @@ def test_negative_scores_are_clipped_and_zero_maxima_give_zero_not_nan():
     torch.testing.assert_close(rw2.weights[0], torch.tensor([1.0, 1.0]))  # Fisher term only
 
 
+def manual_step(rwalk: RWalk, toy: Toy, task_grad, move):
+    """A step whose parameter change is ``move`` (not the gradient's): uphill steps give negative paths."""
+    toy.w.grad = torch.tensor(task_grad)
+    rwalk.add_penalty_grad(toy)
+    with torch.no_grad():
+        toy.w += torch.tensor(move)
+    rwalk.after_step(toy)
+
+
+@pytest.mark.parametrize("score_clip", ["average", "interval"])
+def test_score_clip_interval_clips_each_interval_as_the_authors_code_does(score_clip):
+    """Two one-step intervals on w[0]: uphill (path -0.5), then downhill (path 2); w[1] never moves."""
+    toy, rwalk = Toy([0.0, 0.0]), RWalk(alpha=0.5, delta_t=1, score_clip=score_clip)
+    rwalk.before_task(toy, toy_task(0))
+    manual_step(rwalk, toy, [1.0, 0.0], [0.5, 0.0])    # F = 1; path = -1 * 0.5
+    manual_step(rwalk, toy, [2.0, 0.0], [-1.0, 0.0])   # F = 0.5 * 4 + 0.5 * 1 = 2.5; path = -2 * -1
+    rwalk.after_task(toy, toy_task(0))
+    if score_clip == "interval":  # relu(path / (F d^2 + 1e-3)) per interval, no 1/2
+        want = max(0.0, -0.5 / (1.0 * 0.25 + 1e-3)) + 2.0 / (2.5 * 1.0 + 1e-3)
+        weights = [1.0 + 1.0, 0.0]  # F / max F + s / max s
+    else:  # path / (1/2 F d^2 + eps) summed, clipped once when the weights are formed
+        want = -0.5 / (0.5 * 0.25 + EPS) + 2.0 / (0.5 * 2.5 + EPS)  # -4 + 1.6 < 0
+        weights = [1.0, 0.0]  # the score term is clipped away
+    torch.testing.assert_close(rwalk.score[0], torch.tensor([want, 0.0]))
+    torch.testing.assert_close(rwalk.weights[0], torch.tensor(weights))
+
+
 # ------------------------------------------------------------------------------ inside the training loop
 def capture(monkeypatch):
     """Wrap `clcore.train`'s model and strategy builders to see what `run` builds."""
@@ -268,6 +295,7 @@ def test_resume_after_a_task_gives_the_uninterrupted_result():
     ({"delta_t": 0}, "strategy.delta_t"),
     ({"delta_t": 2.5}, "strategy.delta_t"),
     ({"fisher": "exact"}, "strategy.fisher"),  # an EWC parameter
+    ({"score_clip": "per_step"}, "strategy.score_clip"),
 ])
 def test_bad_rwalk_config_is_rejected_naming_the_field(strategy, field):
     with pytest.raises(ConfigError) as err:
@@ -276,7 +304,7 @@ def test_bad_rwalk_config_is_rejected_naming_the_field(strategy, field):
 
 
 @pytest.mark.parametrize("kwargs, name", [({"lambda_": 0.0}, "lambda"), ({"alpha": 1.01}, "alpha"),
-                                          ({"delta_t": 0}, "delta_t")])
+                                          ({"delta_t": 0}, "delta_t"), ({"score_clip": "relu"}, "score_clip")])
 def test_bad_rwalk_arguments_are_rejected_naming_the_parameter(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name}:"):
         RWalk(**kwargs)
@@ -285,4 +313,6 @@ def test_bad_rwalk_arguments_are_rejected_naming_the_parameter(kwargs, name):
 def test_config_builds_the_strategy_it_names():
     config = ExperimentConfig.from_dict({"strategy": {"name": "rwalk", "lambda": 0.1, "alpha": 0.9, "delta_t": 10}})
     rwalk = build_strategy(config.strategy)
-    assert (rwalk.lambda_, rwalk.alpha, rwalk.delta_t) == (0.1, 0.9, 10)
+    assert (rwalk.lambda_, rwalk.alpha, rwalk.delta_t, rwalk.score_clip) == (0.1, 0.9, 10, "average")
+    authors = build_strategy(config.with_overrides({"strategy.score_clip": "interval"}).strategy)
+    assert authors.score_clip == "interval"

@@ -38,8 +38,9 @@ def collect(config, **kwargs):
 
 
 def assert_same_result(a, b):
+    """Equal results; NaN (class-IL's forward transfer) equals NaN here, as JSON writes both alike."""
     for name in ("val_matrix", "test_matrix", "initial_val", "initial_test", "metrics", "history"):
-        assert getattr(a, name) == getattr(b, name), name
+        assert json.dumps(getattr(a, name)) == json.dumps(getattr(b, name)), name
 
 
 def assert_same_state(a: dict, b: dict):
@@ -137,12 +138,13 @@ def test_diverging_run_raises_naming_task_epoch_and_step():
 def test_divergence_in_a_later_task_leaves_the_saved_checkpoint_intact(tmp_path):
     config = small_config(**STATEFUL)
     path = tmp_path / "after_task_0.pt"
-    run(config.with_overrides({"benchmark.n_tasks": 2}), [lambda r: r.task == 0 and torch.save(r.checkpoint(), path)])
+    two_tasks = config.with_overrides({"benchmark.n_tasks": 2})
+    run(two_tasks, [lambda r: r.task == 0 and torch.save(r.checkpoint(), path)])
     before = path.read_bytes()
     checkpoint = torch.load(path, weights_only=True)
     snapshot = through_disk(checkpoint)
     with pytest.raises(TrainingDivergedError) as err:
-        run(config.with_overrides({"train.lr": 1e12}), resume_from=checkpoint)
+        run(two_tasks.with_overrides({"train.lr": 1e12}), resume_from=checkpoint)
     assert err.value.task == 1 and "task 1" in str(err.value)
     assert path.read_bytes() == before
     assert_same_state(checkpoint["model"], snapshot["model"])

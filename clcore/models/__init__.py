@@ -22,12 +22,16 @@ from clcore.config import ModelConfig
 
 
 class OutputHead(nn.Module):
-    """One linear layer serving the three scenarios.
+    """The scenario's output layer.
 
-    ``multi``: ``n_tasks * classes_per_task`` units, each sample scored on its task's slice.
-    ``single``: ``classes_per_task`` units shared by every task.
-    ``incremental``: ``n_tasks * classes_per_task`` units; units of tasks not yet seen are masked to
-    ``-inf`` (`set_seen_tasks`), so the head only ever scores classes seen so far.
+    ``multi``: one ``nn.Linear`` of ``classes_per_task`` units per task (``heads[t]``), each sample
+    scored by its task's head. The heads are separate parameters so that a head whose task is not
+    being trained gets no update at all: `idle_parameters` lists them, and the training loop drops
+    their (zero) gradients before the optimiser step, so weight decay and Adam's or momentum's
+    leftover state do not move them either (as Avalanche's multi-head leaves inactive heads alone).
+    ``single``: one ``nn.Linear`` of ``classes_per_task`` units shared by every task.
+    ``incremental``: one ``nn.Linear`` of ``n_tasks * classes_per_task`` units; units of tasks not yet
+    seen are masked to ``-inf`` (`set_seen_tasks`), so the head only ever scores classes seen so far.
     """
 
     def __init__(self, in_features: int, kind: str, n_tasks: int, classes_per_task: int):
@@ -35,19 +39,29 @@ class OutputHead(nn.Module):
         self.kind = kind
         self.n_tasks = n_tasks
         self.classes_per_task = classes_per_task
-        n_out = classes_per_task if kind == "single" else n_tasks * classes_per_task
-        self.linear = nn.Linear(in_features, n_out)
+        if kind == "multi":
+            self.heads = nn.ModuleList(nn.Linear(in_features, classes_per_task) for _ in range(n_tasks))
+        else:
+            self.linear = nn.Linear(in_features, classes_per_task * (1 if kind == "single" else n_tasks))
         self.register_buffer("seen_tasks", torch.tensor(n_tasks if kind != "incremental" else 1))
 
     def set_seen_tasks(self, n: int) -> None:
         self.seen_tasks.fill_(n)
 
+    def idle_parameters(self, trained_tasks) -> list[nn.Parameter]:
+        """Parameters that training on ``trained_tasks`` (task ids) must leave untouched: the heads of
+        the other tasks with a ``multi`` head; none otherwise."""
+        if self.kind != "multi":
+            return []
+        trained = set(trained_tasks)
+        return [p for t, head in enumerate(self.heads) if t not in trained for p in head.parameters()]
+
     def forward(self, features: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        logits = self.linear(features)
         if self.kind == "multi":
-            k = self.classes_per_task
-            index = task_ids.view(-1, 1, 1).expand(-1, 1, k)
-            return logits.view(-1, self.n_tasks, k).gather(1, index).squeeze(1)
+            logits = torch.stack([head(features) for head in self.heads], 1)  # [N, n_tasks, k]
+            index = task_ids.view(-1, 1, 1).expand(-1, 1, self.classes_per_task)
+            return logits.gather(1, index).squeeze(1)
+        logits = self.linear(features)
         if self.kind == "incremental":
             units = torch.arange(logits.shape[-1], device=logits.device)
             unseen = units >= self.seen_tasks * self.classes_per_task

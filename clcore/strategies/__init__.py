@@ -21,7 +21,7 @@ def build_strategy(config: StrategyConfig) -> Strategy:
     if config.name == "rwalk":
         from clcore.strategies.rwalk import RWalk
 
-        return RWalk(lambda_=config.lambda_, alpha=config.alpha, delta_t=config.delta_t)
+        return RWalk(lambda_=config.lambda_, alpha=config.alpha, delta_t=config.delta_t, score_clip=config.score_clip)
     raise ValueError(f"strategy.name: unknown strategy {config.name!r}; allowed: naive, joint, ewc, rwalk")
 
 

@@ -8,6 +8,15 @@ Penalty convention (with the 1/2 of the papers' Laplace approximation)::
                F~ <- decay_factor * F~ + F_{k-1} after each task (decay applies to the old importance,
                never to the new one), anchored at the latest parameters (Schwarz et al. 2018)
 
+Online mode here is Avalanche's (``EWCPlugin(mode="online", decay_factor)``): the penalty weighs
+``F~`` itself. Progress & Compress (Schwarz et al. 2018, eq. 8) keep the same running sum
+``F* <- gamma F* + F_new`` but weigh the penalty by ``gamma F*``, and so does van de Ven's
+continual-learning code (``gamma * fisher`` in its online ``ewc_loss``). Their lambda ports as::
+
+    lambda (here) = gamma * lambda (Progress & Compress, van de Ven et al.),   decay_factor = gamma
+
+(and Avalanche's online ``ewc_lambda`` as ``lambda = 2 * ewc_lambda``, as for separate mode below).
+
 ``F_t`` is the diagonal Fisher estimated after task ``t`` on its training split by the estimator
 ``fisher`` (see `clcore.fisher`) and ``theta*_t`` the parameters at the end of task ``t``.
 

@@ -35,6 +35,18 @@ Conventions and how peers differ:
   and leaves the model in eval mode for all of training (dropout off, BatchNorm frozen); here the
   gradient is the training step's own, the model stays in train mode, and each step costs one forward
   and one backward.
+- ``score_clip`` chooses where negative scores are cut and the interval constants. ``average``
+  (the default; Avalanche's RWalkPlugin) is what is written above: intervals add up unclipped,
+  ``eps`` is float32's machine epsilon, the denominator carries the 1/2, and ``relu`` is applied once,
+  to the averaged score, when the weights are formed. ``interval`` follows the authors' code
+  (facebookresearch/agem, ``model/model.py``, ``update_big_omega_riemann``): every closed interval is
+  clipped on its own, with ``eps = 1e-3`` (its ``PARAM_XI_STEP``) and no 1/2::
+
+      s_task <- s_task + relu(path / (F * (theta_t2 - theta_t1)^2 + 1e-3))
+
+  The averaging over tasks and the max-normalisation stay as above in both (the authors' code
+  min-max normalises and adds the average to the old score, ``s <- s + (s + s_task)/2``; neither is
+  copied).
 - Intervals restart with each task and the last, shorter interval of a task is scored too (Avalanche
   counts ``delta_t`` across tasks and drops the remainder, which gives NaN weights when a task has fewer
   than ``delta_t`` steps; here a warning says so and the weights stay finite).
@@ -59,18 +71,25 @@ _COUNTERS = ("steps", "steps_in_task", "steps_in_interval", "tasks_seen")
 
 
 class RWalk(Strategy):
-    """RWalk with penalty weight ``lambda_``, EWC++ factor ``alpha`` and score interval ``delta_t`` steps."""
+    """RWalk with penalty weight ``lambda_``, EWC++ factor ``alpha``, score interval ``delta_t`` steps and
+    where scores are clipped, ``score_clip`` (``average`` or ``interval``, see the module docstring)."""
 
-    def __init__(self, lambda_: float = 0.1, alpha: float = 0.9, delta_t: int = 10):
+    # score_clip -> (eps, factor of F (theta_t2 - theta_t1)^2 in the interval's denominator, clip each interval)
+    SCORE_CLIPS = {"average": (float(torch.finfo(torch.float32).eps), 0.5, False), "interval": (1e-3, 1.0, True)}
+
+    def __init__(self, lambda_: float = 0.1, alpha: float = 0.9, delta_t: int = 10, score_clip: str = "average"):
         if not (isinstance(lambda_, (int, float)) and math.isfinite(lambda_) and lambda_ > 0):
             raise ValueError(f"lambda: must be a finite number > 0, got {lambda_!r}")
         if not (alpha is not None and 0.0 <= alpha <= 1.0):
             raise ValueError(f"alpha: must be in [0, 1], got {alpha!r}")
         if not (isinstance(delta_t, int) and delta_t >= 1):
             raise ValueError(f"delta_t: must be an integer >= 1, got {delta_t!r}")
+        if score_clip not in self.SCORE_CLIPS:
+            raise ValueError(f"score_clip: unknown value {score_clip!r}; allowed: {', '.join(self.SCORE_CLIPS)}")
         self.lambda_ = float(lambda_)
         self.alpha = float(alpha)
         self.delta_t = delta_t
+        self.score_clip = score_clip
 
         # Statistics (what `state_dict` holds), lists aligned with `param_names`.
         self.param_names: list[str] = []
@@ -186,15 +205,20 @@ class RWalk(Strategy):
         return QuadraticPenalty(torch._foreach_mul(self.weights, 2.0 * self.lambda_), self.anchor)
 
     def _close_interval(self, params: list[nn.Parameter]) -> None:
-        """s_task += path / (1/2 F (theta - theta_t1)^2 + eps); open the next interval here."""
+        """s_task += path / (c F (theta - theta_t1)^2 + eps), clipped here for ``interval``; open the next
+        interval here."""
+        eps, factor, clip = self.SCORE_CLIPS[self.score_clip]
         denominator = self._before  # per-step scratch, free between steps
         torch._foreach_copy_(denominator, params)
         torch._foreach_sub_(denominator, self.interval_start)
         torch._foreach_mul_(denominator, denominator)
         torch._foreach_mul_(denominator, self.fisher)
-        torch._foreach_mul_(denominator, 0.5)
-        torch._foreach_add_(denominator, torch.finfo(torch.float32).eps)
+        if factor != 1.0:
+            torch._foreach_mul_(denominator, factor)
+        torch._foreach_add_(denominator, eps)
         torch._foreach_div_(self.path_loss, denominator)
+        if clip:
+            torch._foreach_clamp_min_(self.path_loss, 0.0)
         torch._foreach_add_(self.task_score, self.path_loss)
         torch._foreach_zero_(self.path_loss)
         torch._foreach_copy_(self.interval_start, params)
