@@ -19,7 +19,8 @@
 # Exit status: 0 ok; 1 usage or other error; 3 PostgreSQL is not installed and cannot be
 # installed here; 4 the server did not start (its log is printed).
 #
-# Environment: PG_DB, PG_USER, PG_PASSWORD (default clsweep each; letters, digits, _ and
+# Environment: CLSWEEP_INSTALL=0 (never install: exit 3 instead), PG_DB, PG_USER,
+# PG_PASSWORD (default clsweep each; letters, digits, _ and
 # - only, so they go into the URI as they are), PG_OS_USER (default postgres),
 # PG_BINDIR (folder with initdb/pg_ctl/psql, found automatically otherwise).
 set -euo pipefail
@@ -66,6 +67,8 @@ find_bindir() {
 }
 
 install_postgres() {
+    [ "${CLSWEEP_INSTALL:-1}" != 0 ] || die 3 "PostgreSQL is not installed and CLSWEEP_INSTALL=0" \
+        "forbids installing it (apt-get install postgresql)"
     is_root || die 3 "PostgreSQL is not installed and installing it needs root" \
         "(apt-get install postgresql); run this as root or install it first"
     command -v apt-get >/dev/null || die 3 "PostgreSQL is not installed and there is no" \

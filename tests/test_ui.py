@@ -2,7 +2,8 @@
 
 Drives headless Chromium over the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON
 messages ended by a NUL byte on file descriptors 3 and 4), so nothing beyond the browser is needed.
-It installs nothing: without a Chromium binary (Debian: ``apt-get install chromium``) it skips.
+It installs nothing itself (``make test`` does, through scripts/test-tools.sh): without a Chromium
+binary (Debian: ``apt-get install chromium``) it skips, saying so.
 Set ``CLSWEEP_UI_SCREENSHOT=docs/ui.png`` to keep the screenshot (the README shows it).
 """
 
@@ -35,8 +36,8 @@ def chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip(f"no headless Chromium on this machine (looked for {', '.join(BROWSERS)}; on Debian: "
-                f"apt-get install chromium); this test installs nothing")
+    pytest.skip(f"no headless Chromium on this machine (looked for {', '.join(BROWSERS)}); install it with: "
+                f"apt-get install chromium (make test does, as root)")
 
 
 class Chromium:
