@@ -72,7 +72,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sweeps.runner import load_sweep
+    from sweeps.storage import load_sweep  # JSON files only: no Ray, no pickle
 
     state = load_sweep(args.path)
     if args.json:
@@ -187,7 +187,7 @@ def format_summary(state, table: bool = True) -> str:
             if best.last.get(key):
                 lines.append(format_matrix(name, best.last[key], indent="  "))
         lines.append(f"  results: {best.path}")
-        from sweeps.runner import BEST_CONFIG_FILE
+        from sweeps.storage import BEST_CONFIG_FILE
 
         config_file = state.path / BEST_CONFIG_FILE
         if config_file.exists():
@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="validate and print the resolved sweep; start nothing")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("resume", help="continue an interrupted sweep from its storage folder")
+    p = sub.add_parser("resume", help="continue an interrupted sweep from its storage folder (Ray unpickles its "
+                                      "files there: resume only folders you trust)")
     p.add_argument("path", help="the sweep's storage folder, <storage.path>/<name>")
     errored = p.add_mutually_exclusive_group()
     errored.add_argument("--resume-errored", action="store_true",
@@ -271,8 +272,20 @@ def _ray_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops a sweep as Ctrl-C does: Ray Tune saves its state and ends the trials, then the
+    local Ray this driver started is shut down (a second signal skips Tune's last save)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():  # (main() called from a thread: no handlers)
+        signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "resume") and not getattr(args, "dry_run", False):
+        _stop_on_sigterm()
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, FileExistsError) as error:
@@ -281,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDivergedError as error:
         print(f"clsweep {args.command}: training diverged: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"clsweep {args.command}: interrupted; continue with clsweep resume PATH", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,13 +13,11 @@ Data: the dataset is read once, in the driver, before Ray starts (so a missing d
 once), and shared with every trial through the object store (`tune.with_parameters`): each node
 fetches it once, and each trial builds its own tasks from it on its own device.
 
-Storage (``<storage.path>/<name>``) holds, next to Ray's own files: ``sweep.yaml`` (the
-validated spec, overrides applied: `resume_sweep` and `load_sweep` need nothing else),
-``trial_times.jsonl`` (the driver's wall time per trial), and at the end ``summary.json`` and
-``best_config.yaml`` (the best trial's ExperimentConfig: ``clsweep train`` reruns it). Each
-trial's folder (``trial_<id>``) holds ``tasks.jsonl``, written by the trial itself, one line per
-task (metrics, accuracy matrices, node id, the trial's config at that task), its task
-checkpoints, and when it failed ``error.txt`` (Ray's) with the reason. Storage is a local or
+Storage (``<storage.path>/<name>``): Ray's own files, and the project's record that
+`sweeps.storage` describes and reads without Ray (``sweep.yaml``, the driver's ``trials.jsonl``
+ledger, each trial's ``tasks.jsonl``, ``summary.json``, ``best_config.yaml``). `resume_sweep` hands
+the folder to Ray's ``Tuner.restore``, which unpickles Ray's files: resume only folders you trust,
+as with Ray itself; ``clsweep status``, ``best`` and ``sync`` read no pickle. Storage is a local or
 shared directory (on a multi-node cluster every node must reach it, as Ray requires).
 
 The best trial is the best of those that saw every task: a trial a scheduler stopped early was
@@ -30,15 +28,14 @@ complete, so TPE does not take its early score for a final one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from ray import tune
 from ray.tune import schedulers as S
@@ -46,17 +43,12 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from clcore.config import ExperimentConfig
 from clcore.data import load_raw
-from sweeps import space
+from sweeps import localray, space
 from sweeps.spec import SweepSpec
-from sweeps.trainable import FAILURE_FILE, TASKS_FILE, TrialLoggerFactory, run_trial, trial_dirname
-
-SPEC_FILE = "sweep.yaml"
-SUMMARY_FILE = "summary.json"
-BEST_CONFIG_FILE = "best_config.yaml"
-TRIAL_TIMES_FILE = "trial_times.jsonl"
-TIME_ATTR = "tasks_seen"
+from sweeps.storage import (BEST_CONFIG_FILE, ERROR, FAILURE_FILE, SPEC_FILE, SUMMARY_FILE, TERMINATED, TIME_ATTR,
+                            SweepState, TrialLedger, TrialRecord, load_sweep, trial_dirname)
+from sweeps.trainable import TrialLoggerFactory, run_trial
 
 # Ray settings for a readable console and lean storage; set only where the user has not. Ray
 # reads them when the sweep starts.
@@ -101,136 +93,6 @@ class Tracking:
         """After the sweep (also after an interrupted one)."""
 
 
-# ------------------------------------------------------------------------------ reading storage
-@dataclass
-class TrialRecord:
-    """One trial as storage keeps it."""
-
-    trial_id: str
-    status: str  # Ray's: PENDING, RUNNING, PAUSED, TERMINATED or ERROR
-    params: dict[str, Any]  # the searched values (after PBT's last mutation)
-    history: list[dict]  # the result reported after each task, in task order
-    path: str  # the trial's folder
-    n_tasks: int
-    error: Optional[str] = None  # the last line of the error, for a failed trial
-    num_failures: int = 0
-    wall_seconds: Optional[float] = None  # on the driver: first start to end
-
-    @property
-    def last(self) -> dict:
-        return self.history[-1] if self.history else {}
-
-    @property
-    def tasks_seen(self) -> int:
-        return int(self.last.get(TIME_ATTR, 0))
-
-    @property
-    def outcome(self) -> str:
-        """complete | stopped early | failed | running | pending."""
-        if self.status == "ERROR":
-            return "failed"
-        if self.status == "TERMINATED":
-            return "complete" if self.tasks_seen >= self.n_tasks else "stopped early"
-        return "pending" if self.status == "PENDING" and not self.history else "running"
-
-    @property
-    def epochs_trained(self) -> int:
-        return int(self.last.get("epochs_trained", 0))
-
-
-@dataclass
-class SweepState:
-    spec: SweepSpec
-    path: Path
-    trials: list[TrialRecord] = field(default_factory=list)
-    wall_seconds: Optional[float] = None  # of the last run or resume
-
-    def best(self) -> Optional[TrialRecord]:
-        """The complete trial with the best objective (None while no trial is complete)."""
-        metric = self.spec.objective.metric
-        done = [t for t in self.trials if t.outcome == "complete" and _finite(t.last.get(metric))]
-        if not done:
-            return None
-        pick = max if self.spec.mode == "max" else min
-        return pick(done, key=lambda t: t.last[metric])
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for trial in self.trials:
-            out[trial.outcome] = out.get(trial.outcome, 0) + 1
-        return out
-
-    def trial_config(self, trial: TrialRecord) -> ExperimentConfig:
-        return self.spec.trial_config(trial.params)
-
-    def to_summary(self) -> dict:
-        best = self.best()
-        return {
-            "name": self.spec.name, "path": str(self.path), "objective": self.spec.objective.metric,
-            "mode": self.spec.mode, "wall_seconds": self.wall_seconds, "counts": self.counts(),
-            "best_trial": None if best is None else {
-                "trial_id": best.trial_id, "value": best.last[self.spec.objective.metric], "params": best.params,
-                "path": best.path, "val_matrix": best.last.get("val_matrix"),
-                "test_matrix": best.last.get("test_matrix")},
-            "trials": [{"trial_id": t.trial_id, "status": t.status, "outcome": t.outcome, "params": t.params,
-                        "tasks_seen": t.tasks_seen, "epochs_trained": t.epochs_trained,
-                        "value": t.last.get(self.spec.objective.metric), "error": t.error,
-                        "wall_seconds": t.wall_seconds, "clcore_seconds": t.last.get("clcore_seconds"),
-                        "node_id": t.last.get("node_id"), "path": t.path} for t in self.trials],
-        }
-
-
-def load_sweep(path: str | Path) -> SweepState:
-    """A sweep's state from its storage folder alone (running, interrupted or finished)."""
-    path = Path(path).expanduser().resolve()
-    spec_file = path / SPEC_FILE
-    if not spec_file.exists():
-        raise FileNotFoundError(f"{path}: no {SPEC_FILE} here; give a sweep's storage folder "
-                                f"(<storage.path>/<name>, printed by `clsweep run`)")
-    spec = SweepSpec.from_yaml(spec_file)
-    if not any(path.glob("experiment_state-*.json")):
-        return SweepState(spec, path)  # Ray has not written its first snapshot yet
-    walls = _trial_times(path)
-    n_tasks = spec.n_tasks
-    trials = []
-    for trial in tune.ExperimentAnalysis(str(path)).trials:
-        error = trial.get_error() if trial.status == "ERROR" else None
-        trials.append(TrialRecord(
-            trial.trial_id, trial.status, dict(trial.config), _history(Path(trial.path) / TASKS_FILE),
-            trial.path, n_tasks, _last_line(error) if error else None, trial.num_failures,
-            walls.get(trial.trial_id)))
-    return SweepState(spec, path, sorted(trials, key=lambda t: t.trial_id))
-
-
-def _history(tasks_file: Path) -> list[dict]:
-    """One result per task; when a restored trial reported a task again, its last report counts."""
-    if not tasks_file.exists():
-        return []
-    by_task: dict[int, dict] = {}
-    for line in tasks_file.read_text().splitlines():
-        if line.strip():
-            result = json.loads(line)
-            by_task[int(result.get(TIME_ATTR, 0))] = result
-    return [by_task[k] for k in sorted(by_task)]
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[-1] if lines else "unknown error"
-
-
-def _trial_times(path: Path) -> dict[str, float]:
-    file = path / TRIAL_TIMES_FILE
-    if not file.exists():
-        return {}
-    rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-    return {row["trial_id"]: row["wall_seconds"] for row in rows}
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 # ------------------------------------------------------------------------------ running
 def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optional[int] = None,
               tracking: Optional[Tracking] = None, verbose: int = 1) -> SweepState:
@@ -245,11 +107,16 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
                                f"or give this one another name (--set name=...) or storage.path")
     tracking = tracking or Tracking()
     raw = load_raw(spec.example_config().benchmark)
-    init_ray(address, num_cpus)
-    path.mkdir(parents=True, exist_ok=True)
-    spec.to_yaml(path / SPEC_FILE)
-    tracking.sweep_started(spec, path, resumed=False)
-    tuner = tune.Tuner(
+    with ray_session(address, num_cpus):
+        path.mkdir(parents=True, exist_ok=True)
+        spec.to_yaml(path / SPEC_FILE)
+        tracking.sweep_started(spec, path, resumed=False)
+        tuner = _new_tuner(spec, path, raw, tracking, verbose)
+        return _fit(tuner, spec, path, tracking)
+
+
+def _new_tuner(spec: SweepSpec, path: Path, raw, tracking: Tracking, verbose: int) -> tune.Tuner:
+    return tune.Tuner(
         _trainable(spec, raw, tracking),
         param_space=space.param_space(spec),
         tune_config=tune.TuneConfig(metric=spec.objective.metric, mode=spec.mode,
@@ -261,7 +128,6 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.storage.checkpoints_to_keep),
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback()], progress_reporter=_reporter(spec)))
-    return _fit(tuner, spec, path, tracking)
 
 
 def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: Optional[int] = None,
@@ -288,29 +154,69 @@ def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: O
                     shutil.rmtree(checkpoint)
     tracking = tracking or Tracking()
     raw = load_raw(spec.example_config().benchmark)
-    init_ray(address, num_cpus)
-    tracking.sweep_started(spec, path, resumed=True)  # before trial_logger() is asked for
-    tuner = tune.Tuner.restore(str(path), _trainable(spec, raw, tracking), resume_unfinished=True,
-                               resume_errored=errored == "resume", restart_errored=errored == "restart")
-    return _fit(tuner, spec, path, tracking)
+    with ray_session(address, num_cpus):
+        tracking.sweep_started(spec, path, resumed=True)  # before trial_logger() is asked for
+        tuner = tune.Tuner.restore(str(path), _trainable(spec, raw, tracking), resume_unfinished=True,
+                                   resume_errored=errored == "resume", restart_errored=errored == "restart")
+        return _fit(tuner, spec, path, tracking)
 
 
-def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
-    """Join ``address`` (or ``$RAY_ADDRESS``), else start a local Ray; nothing if Ray is up in this process."""
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> Optional[Path]:
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start a local Ray; nothing if Ray is up in this process.
+
+    A local instance's processes are recorded (`sweeps.localray`), and those of earlier local
+    instances whose driver was killed are ended first; returns the record (None when none was made).
+    """
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address.startswith("ray://"):
         raise ValueError(f"{address}: Ray Client addresses are not supported; submit the sweep as a Ray Job "
                          f"(ray job submit -- clsweep run ...) or run clsweep on a cluster node (--address auto)")
     if address:
-        ray.init(address=address)
-    else:
+        with _keeping_sigterm_handler():
+            ray.init(address=address)
+        return None
+    localray.reap_orphans()
+    before = localray.children_now()
+    with _keeping_sigterm_handler():
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+    return localray.record(before)
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler():
+    """Ray's core worker installs a C-level SIGTERM handler at `ray.init` that aborts the process;
+    put back the Python handler that was there (``clsweep`` stops a sweep in order on SIGTERM)."""
+    import signal
+    import threading
+
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def ray_session(address: Optional[str] = None, num_cpus: Optional[int] = None):
+    """`init_ray` for one sweep: a Ray this call started (local or joined) is shut down when the sweep
+    ends, however it ends, and a local instance leaves no process behind; a Ray that was already up
+    in this process stays up."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    record = init_ray(address, num_cpus)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        localray.end(record)
 
 
 def _stored_at(spec: SweepSpec, experiment_path: Path) -> SweepSpec:
@@ -328,7 +234,7 @@ def _trial_dirname(trial) -> str:
 
 
 def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking) -> SweepState:
-    _attach_callbacks(tuner, [_TrialTimer(path), *tracking.callbacks()])
+    _attach_callbacks(tuner, [_TrialLedgerCallback(path), *tracking.callbacks()])
     started = time.perf_counter()
     tuner.fit()
     state = load_sweep(path)
@@ -369,27 +275,40 @@ class _Reporter(tune.CLIReporter):
             [t for t in trials if (t.last_result or {}).get(TIME_ATTR) == self.n_tasks])
 
 
-class _TrialTimer(tune.Callback):
-    """Driver wall time of each trial, from its first start to its end, appended to ``trial_times.jsonl``."""
+class _TrialLedgerCallback(tune.Callback):
+    """Every trial's start and end, in the sweep's own ledger (``trials.jsonl``, see `sweeps.storage`)."""
 
     def __init__(self, experiment_dir: Path):
-        self.file = Path(experiment_dir) / TRIAL_TIMES_FILE
-        self.started: dict[str, float] = {}
+        self.ledger = TrialLedger(experiment_dir)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.started.setdefault(trial.trial_id, time.perf_counter())
+        self.ledger.trial_started(trial.trial_id, _jsonable(trial.config))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._ended(trial)
+        self.ledger.trial_ended(trial.trial_id, TERMINATED, _jsonable(trial.config), trial.num_failures)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._ended(trial)
+        self.ledger.trial_ended(trial.trial_id, ERROR, _jsonable(trial.config), trial.num_failures,
+                                trial_error(trial))
 
-    def _ended(self, trial) -> None:
-        if trial.trial_id in self.started:
-            wall = time.perf_counter() - self.started.pop(trial.trial_id)
-            with self.file.open("a") as f:
-                f.write(json.dumps({"trial_id": trial.trial_id, "wall_seconds": wall}) + "\n")
+
+def trial_error(trial) -> str:
+    """The last line of a failed Ray trial's latest error, from the error text Ray appends to in the
+    driver's local trial folder (its copy in storage is synced later, and can still hold an earlier
+    attempt's error)."""
+    text = ""
+    try:
+        local = trial.error_file and Path(trial.error_file)
+        text = local.read_text() if local and local.exists() else str(trial.get_error() or "")
+    except Exception:  # noqa: BLE001 - no error file
+        pass
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "trial failed"
+
+
+def _jsonable(config: dict) -> dict:
+    """A trial's Ray config with plain JSON values (numpy scalars become Python numbers)."""
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in dict(config).items()}
 
 
 # ------------------------------------------------------------------------------ search and schedulers
@@ -458,5 +377,5 @@ class _OptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-__all__ = ["run_sweep", "resume_sweep", "load_sweep", "init_ray", "Tracking", "SweepState", "TrialRecord",
+__all__ = ["run_sweep", "resume_sweep", "load_sweep", "init_ray", "ray_session", "Tracking", "SweepState", "TrialRecord",
            "SweepExistsError", "search_algorithm", "scheduler", "SPEC_FILE", "SUMMARY_FILE", "BEST_CONFIG_FILE"]

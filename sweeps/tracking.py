@@ -12,7 +12,7 @@ What a sweep leaves in MLflow::
         |                         artifacts sweep.yaml (the resolved sweep file), best_config.yaml,
         |                                   plots/accuracy_vs_lambda.png, plots/accuracy_forgetting_pareto.png,
         |                                   plots/learning_curves.png
-        +- run "trial_<id>"       tags  mlflow.parentRunId, clsweep.kind=trial, clsweep.trial_id,
+        +- run "lambda=.. lr=.."  tags  mlflow.parentRunId, clsweep.kind=trial, clsweep.trial_id,
                                         clsweep.status (+ clsweep.failure_reason), clsweep.tasks_seen,
                                         clsweep.node_id, clsweep.node_ip (the Ray node of its latest task),
                                         clsweep.node_ids (every node it ran on, in order: a retry after a
@@ -23,9 +23,14 @@ What a sweep leaves in MLflow::
                                   artifacts config.yaml, accuracy_matrix_{val,test}.{csv,png}
 
 Trial status (tag ``clsweep.status``): ``finished`` (all tasks; MLflow FINISHED), ``stopped_early``
-(a scheduler stopped it after fewer tasks; MLflow FINISHED too: a scheduler stop is a normal end,
-as in Ray's own MLflow callback, and the tag tells it apart), ``failed`` (MLflow FAILED, reason in
-``clsweep.failure_reason``), ``running``.
+(a scheduler stopped it after fewer tasks; MLflow FINISHED too: a scheduler stop is a normal end),
+``failed`` (MLflow FAILED, reason in ``clsweep.failure_reason``), ``running``. Trial runs are named
+by their searched values and, when they ended early, how (``lambda=6.98e4 lr=3.5e-4``,
+``stopped 2/5 · lambda=12.3``, ``failed 3/5 · lambda=1e9``): the runs table tells the three
+endings apart without a click. The experiment carries ``mlflow.experimentKind =
+custom_model_development``, the kind MLflow reads for a model-training experiment; MLflow 3.17's UI
+follows its own GenAI / Model training switch instead (default GenAI: an empty traces overview), so
+every link printed here opens the runs with ``?workflowType=machine_learning`` (`experiment_url`).
 
 Identity makes every write idempotent. The sweep id lives in Ray storage
 (``<sweep folder>/clsweep_tracking.json``) and tags the parent run, so a resumed sweep logs into
@@ -68,8 +73,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from clcore.config import ExperimentConfig
 
-if TYPE_CHECKING:  # pragma: no cover - sweeps.runner imports Ray Tune: only where it is needed
-    from sweeps.runner import SweepState, TrialRecord
+if TYPE_CHECKING:  # pragma: no cover
+    from sweeps.storage import SweepState, TrialRecord
     from sweeps.spec import SweepSpec
 
 log = logging.getLogger("clsweep.tracking")
@@ -79,6 +84,16 @@ DEFAULT_ARTIFACT_DIR = "mlartifacts"
 STATE_FILE = "clsweep_tracking.json"  # in the sweep's storage folder
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
+# The experiment kind MLflow 3 reads to show a model-training experiment (runs) rather than a GenAI
+# one (traces). MLflow 3.17's UI takes the kind from its GenAI / Model training switch instead,
+# default GenAI, which the ``workflowType`` query parameter sets: `experiment_url` adds it.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+UI_QUERY = "workflowType=machine_learning"
+
+
+def experiment_url(server: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs (the parent run and its nested trials)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}?{UI_QUERY}"
 KIND_TAG = "clsweep.kind"  # sweep | trial
 SWEEP_ID_TAG = "clsweep.sweep_id"
 TRIAL_ID_TAG = "clsweep.trial_id"
@@ -94,6 +109,8 @@ FINISHED, STOPPED_EARLY, FAILED, RUNNING = "finished", "stopped_early", "failed"
 # The runner's outcome of a trial -> clsweep.status, and clsweep.status -> MLflow run status.
 STATUS_OF_OUTCOME = {"complete": FINISHED, "stopped early": STOPPED_EARLY, "failed": FAILED,
                      "running": RUNNING, "pending": RUNNING}
+# A scheduler stop is a normal end (FINISHED, as in Ray's own MLflow callback); the run's name tells
+# it apart from a trial that saw every task (see `trial_run_name`), and clsweep.status says it too.
 MLFLOW_STATUS = {FINISHED: "FINISHED", STOPPED_EARLY: "FINISHED", FAILED: "FAILED", RUNNING: "RUNNING"}
 
 STEP_METRIC = "tasks_seen"
@@ -174,17 +191,22 @@ class Store:
         self.experiment_id = experiment_id or self._experiment(experiment_name)
 
     def _experiment(self, name: str) -> str:
-        """The id of experiment ``name`` (restored if deleted), created when missing."""
+        """The id of experiment ``name`` (restored if deleted), created when missing, and tagged as a
+        model-training experiment so that the MLflow UI opens it on its runs (`EXPERIMENT_TAGS`)."""
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return self.client.create_experiment(name, default_artifact_location(self.uri, name))
+                return self.client.create_experiment(name, default_artifact_location(self.uri, name),
+                                                     tags=EXPERIMENT_TAGS)
             except Exception:  # noqa: BLE001 - created meanwhile by another process
                 experiment = self.client.get_experiment_by_name(name)
                 if experiment is None:
                     raise
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
+        for key, value in EXPERIMENT_TAGS.items():  # experiments made before the tag, or by hand
+            if experiment.tags.get(key) != value:
+                self.client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
 
     def find_run(self, tags: dict[str, str]):
@@ -301,8 +323,30 @@ def node_tags(rows: list[dict], known: str = "") -> dict[str, str]:
     return tags
 
 
-def trial_run_name(trial_id: str) -> str:
-    return f"trial_{trial_id}"  # the name of the trial's storage folder too
+def trial_run_name(config: ExperimentConfig, search_keys: tuple[str, ...] | list[str], status: str = RUNNING,
+                   tasks_seen: int = 0) -> str:
+    """A trial run's name in the MLflow UI: its searched values, ``lambda=6.98e4 lr=3.5e-4`` (a key by
+    its last part, unless two searched keys share it; ``trial`` when nothing is searched), led by how
+    it ended when that was short of its last task: ``stopped 2/5 · lambda=6.98e4``, ``failed 0/5 · ...``
+    (first, so that the runs table's narrow name column shows it), so the three endings tell apart at
+    a glance."""
+    last = [k.rsplit(".", 1)[-1] for k in search_keys]
+    values = config.flat()
+    name = " ".join(f"{short if last.count(short) == 1 else key}={_short_number(values[key])}"
+                    for key, short in zip(search_keys, last)) or "trial"
+    ending = {STOPPED_EARLY: "stopped", FAILED: "failed"}.get(status)
+    return f"{ending} {tasks_seen}/{config.benchmark.n_tasks} · {name}" if ending else name
+
+
+def _short_number(value: Any) -> str:
+    """3 significant digits, exponents without '+' and leading zeros (``6.98e4``, ``3.5e-4``)."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return _param_value(value).replace(" ", "")
+    if value == 0 or 1e-3 <= abs(value) < 1e3:
+        return f"{value:.3g}"
+    mantissa, exponent = f"{value:.2e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def write_matrix_csv(matrix: list[list[float]], n_tasks: int, path: Path) -> None:
@@ -330,7 +374,7 @@ def _matrix_files(trial: "TrialRecord", status: str) -> dict[str, Callable[[Path
             out[f"accuracy_matrix_{split}.csv"] = functools.partial(write_matrix_csv, matrix, trial.n_tasks)
             out[f"accuracy_matrix_{split}.png"] = functools.partial(
                 plots.accuracy_heatmap, matrix, trial.n_tasks,
-                title=f"{split} accuracy, {trial_run_name(trial.trial_id)} ({status})")
+                title=f"{split} accuracy, trial {trial.trial_id} ({status})")
     return out
 
 
@@ -345,6 +389,7 @@ class TrackingSettings:
     sweep_id: str
     parent_run_id: str
     storage_dir: str  # the sweep's storage folder, named in warnings
+    search_keys: tuple[str, ...] = ()  # the searched config fields: they name the trial's run
 
 
 _warned_in_this_process: set[str] = set()
@@ -377,7 +422,8 @@ class TrialLogger:
                 s = self.settings
                 check_reachable(s.tracking_uri)
                 self._store = Store(s.tracking_uri, s.experiment_name, s.experiment_id)
-                self._run = open_trial_run(self._store, s.sweep_id, s.parent_run_id, self.trial_id, self.config)
+                self._run = open_trial_run(self._store, s.sweep_id, s.parent_run_id, self.trial_id, self.config,
+                                           s.search_keys)
                 self._run_id = self._run.info.run_id
                 self._steps = self._store.logged_steps(self._run_id)
             if result.get("node_id") and result["node_id"] != self._run.data.tags.get(NODE_ID_TAG):
@@ -400,13 +446,13 @@ class TrialLogger:
 
 
 def open_trial_run(store: Store, sweep_id: str, parent_run_id: str, trial_id: str, config: ExperimentConfig,
-                   run=None):
+                   search_keys: tuple[str, ...] | list[str] = (), run=None):
     """The trial's nested run (``run``, else found by ``clsweep.trial_id``, else created) with its params and
     config.yaml: what a worker that lost the server between creating the run and logging them left out."""
     if run is None:
         run = store.find_run({SWEEP_ID_TAG: sweep_id, TRIAL_ID_TAG: trial_id})
     if run is None:
-        run = store.client.create_run(store.experiment_id, run_name=trial_run_name(trial_id), tags={
+        run = store.client.create_run(store.experiment_id, run_name=trial_run_name(config, search_keys), tags={
             PARENT_RUN_TAG: parent_run_id, KIND_TAG: "trial", SWEEP_ID_TAG: sweep_id, TRIAL_ID_TAG: trial_id,
             STATUS_TAG: RUNNING})
     store.log_params(run, config.flat())
@@ -545,13 +591,15 @@ class SweepTracker:
         if not self.online:
             return None
         return TrackingSettings(self.identity.tracking_uri, self.spec.name, self.store.experiment_id,
-                                self.identity.sweep_id, self.parent.info.run_id, str(self.folder))
+                                self.identity.sweep_id, self.parent.info.run_id, str(self.folder),
+                                tuple(self.spec.search))
 
     # -------------------------------------------------------------- trials
     def upload_trial(self, trial: "TrialRecord", config: ExperimentConfig, run=None) -> str:
         """Everything of ``trial`` the store does not have yet: run, params, steps, status, artifacts."""
         store = self.store
-        run = open_trial_run(store, self.identity.sweep_id, self.parent.info.run_id, trial.trial_id, config, run)
+        run = open_trial_run(store, self.identity.sweep_id, self.parent.info.run_id, trial.trial_id, config,
+                             tuple(self.spec.search), run)
         logged = store.logged_steps(run.info.run_id)
         store.log_steps(run.info.run_id, {int(r[STEP_METRIC]): trial_metrics(r) for r in trial.history
                                           if STEP_METRIC in r and int(r[STEP_METRIC]) not in logged})
@@ -581,6 +629,9 @@ class SweepTracker:
         if trial.error:
             tags[FAILURE_TAG] = trial.error[:5000]
         store.log_tags(run, tags)
+        name = trial_run_name(config, tuple(self.spec.search), status, trial.tasks_seen)
+        if run.info.run_name != name:
+            store.client.update_run(run.info.run_id, name=name)
         store.set_status(run, status)
 
     def callback(self):
@@ -594,12 +645,9 @@ class SweepTracker:
                 tracker.trial_ended(trial, error=None)
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                try:
-                    error = str(trial.get_error() or "")
-                except Exception:  # noqa: BLE001
-                    error = ""
-                lines = [line.strip() for line in error.splitlines() if line.strip()]
-                tracker.trial_ended(trial, error=lines[-1] if lines else "trial failed")
+                from sweeps.runner import trial_error
+
+                tracker.trial_ended(trial, error=trial_error(trial))
 
         return MLflowTrialRuns()
 
@@ -607,16 +655,17 @@ class SweepTracker:
         """Close the run of a Ray trial from its last result (its steps are the worker's or `upload`'s job)."""
         if not self.online:
             return
-        from sweeps.runner import TrialRecord
+        from sweeps.storage import ERROR, TERMINATED, TrialRecord
 
         try:
-            record = TrialRecord(trial.trial_id, "ERROR" if error else "TERMINATED", dict(trial.config),
+            record = TrialRecord(trial.trial_id, ERROR if error else TERMINATED, dict(trial.config),
                                  [trial.last_result] if trial.last_result else [], str(trial.path),
                                  self.spec.n_tasks, error)
             config = self.spec.trial_config(record.params)
             run = self.store.find_run({SWEEP_ID_TAG: self.identity.sweep_id, TRIAL_ID_TAG: trial.trial_id})
             self.close_trial(record, config, run or open_trial_run(
-                self.store, self.identity.sweep_id, self.parent.info.run_id, trial.trial_id, config))
+                self.store, self.identity.sweep_id, self.parent.info.run_id, trial.trial_id, config,
+                tuple(self.spec.search)))
         except Exception as e:  # noqa: BLE001
             self.went_offline(e)
 
@@ -674,7 +723,7 @@ class SyncReport:
     best_trial_id: Optional[str]
 
     def describe(self) -> str:
-        where = (f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}"
+        where = (experiment_url(self.tracking_uri, self.experiment_id)
                  if self.tracking_uri.startswith("http") else f"{self.tracking_uri} (browse it with: clsweep ui)")
         return f"MLflow: {len(self.run_ids)} trial runs under parent run {self.parent_run_id}: {where}"
 
@@ -685,7 +734,7 @@ def sync(folder: str | Path, tracking_uri: Optional[str] = None) -> SyncReport:
     Works for a sweep that ran with tracking off, or while the store was unreachable; the store
     defaults to the one the sweep used. Raises `TrackingUnavailableError` when it cannot be reached.
     """
-    from sweeps.runner import load_sweep
+    from sweeps.storage import load_sweep
 
     state = load_sweep(folder)
     tracker = SweepTracker.open(state.spec, state.path, tracking_uri)

@@ -47,10 +47,9 @@ from clcore.config import ConfigError, ExperimentConfig
 from clcore.data import RawData, raw_key
 from clcore.train import TaskReport, TrainingDivergedError
 from sweeps.spec import SweepSpec
+from sweeps.storage import FAILURE_FILE, TASKS_FILE, trial_dirname
 
 CHECKPOINT_FILE = "checkpoint.pt"  # in each checkpoint_* folder: {"clcore", "clcore_seconds", "trial_id"}
-TASKS_FILE = "tasks.jsonl"  # in the trial's folder: one line per reported task
-FAILURE_FILE = "clsweep_failure.json"  # in the trial's folder; written by a deterministic failure
 
 # (trial_id, trial_name, config) -> a function called with every result the trial reports.
 TrialLoggerFactory = Callable[[str, str, ExperimentConfig], Callable[[dict], None]]
@@ -58,11 +57,6 @@ TrialLoggerFactory = Callable[[str, str, ExperimentConfig], Callable[[dict], Non
 
 class TrialFailedError(RuntimeError):
     """An earlier attempt of this trial failed deterministically; retrying would fail the same way."""
-
-
-def trial_dirname(trial_id: str) -> str:
-    """A trial's folder in the sweep's storage."""
-    return f"trial_{trial_id}"
 
 
 def run_trial(params: dict, *, spec: SweepSpec, raw: Optional[RawData] = None,
@@ -161,5 +155,4 @@ class _TaskReporter:
         self.reporting += time.perf_counter() - entered
 
 
-__all__ = ["run_trial", "trial_dirname", "TrialFailedError", "TrialLoggerFactory", "CHECKPOINT_FILE", "TASKS_FILE",
-           "FAILURE_FILE"]
+__all__ = ["run_trial", "TrialFailedError", "TrialLoggerFactory", "CHECKPOINT_FILE"]

@@ -28,7 +28,7 @@ ray = pytest.importorskip("ray")
 
 from sweeps import space  # noqa: E402  (imports Ray)
 from sweeps.runner import load_sweep, run_sweep  # noqa: E402
-from sweeps.trainable import TASKS_FILE  # noqa: E402
+from sweeps.storage import TASKS_FILE, TRIALS_FILE  # noqa: E402
 
 
 def sweep(tmp_path: Path, name: str, **sections) -> dict:
@@ -206,11 +206,73 @@ def test_resume_after_the_driver_is_killed_runs_every_trial_exactly_once(tmp_pat
         assert (experiment / f"trial_{trial_id}" / TASKS_FILE).read_text() == text
 
 
+def _first_report(experiment: Path) -> bool:
+    return any(path.stat().st_size for path in experiment.glob(f"trial_*/{TASKS_FILE}"))
+
+
+def _recorded_ray_processes(state_dir: Path, driver_pid: int) -> list[int]:
+    record = state_dir / f"local-ray-{driver_pid}.json"
+    return [pid for pid, _ in json.loads(record.read_text())["processes"]] if record.exists() else []
+
+
+def _still_running(pids: list[int], wait: float = 30.0) -> list[int]:
+    from sweeps.localray import _running
+
+    deadline = time.time() + wait
+    while time.time() < deadline and any(_running(p) for p in pids):
+        time.sleep(0.2)
+    return [p for p in pids if _running(p)]
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_a_stopped_driver_leaves_no_ray_process_behind(tmp_path, stop):
+    """The driver is stopped once a trial has reported its first task; every process of the local Ray
+    it started ends with it (SIGINT, SIGTERM), or at the next clsweep start (SIGKILL)."""
+    data = sweep(tmp_path, "stop", algorithm={"name": "random", "num_samples": 2, "max_concurrent": 2, "seed": 0},
+                 scheduler="fifo", resources={"cpu": 1})
+    data["base"]["train"].update(epochs=20, batch_size=16)
+    data["search"] = {"train.lr": {"dist": "loguniform", "low": 1e-2, "high": 0.3}}
+    spec_file = tmp_path / "stop.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    experiment = tmp_path / "results" / "stop"
+    state_dir = tmp_path / "state"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CLSWEEP_STATE_DIR": str(state_dir)}
+    env.pop("RAY_ADDRESS", None)
+    clsweep = [sys.executable, "-m", "sweeps.cli"]
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen([*clsweep, "run", str(spec_file), "--num-cpus", "2"], stdout=log,
+                              stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not _first_report(experiment) and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        assert _first_report(experiment) and driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        ray_pids = _recorded_ray_processes(state_dir, driver.pid)
+        assert len(ray_pids) >= 2, "the local Ray's processes were not recorded"  # GCS and raylet at least
+        driver.send_signal(getattr(signal, stop))
+        driver.wait(timeout=120)
+        if stop == "SIGKILL":
+            done = subprocess.run([*clsweep, "resume", str(experiment), "--num-cpus", "2"], capture_output=True,
+                                  text=True, env=env, timeout=300)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            assert load_sweep(experiment).counts() == {"complete": 2}
+        else:
+            assert "interrupted" in (tmp_path / "driver.log").read_text() or driver.returncode in (0, 1)
+        assert _still_running(ray_pids) == [], (tmp_path / "driver.log").read_text()[-3000:]
+        assert not list(state_dir.glob("local-ray-*.json"))  # every record was settled
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _finished_trials(experiment: Path) -> list[str]:
-    times = experiment / "trial_times.jsonl"
+    times = experiment / TRIALS_FILE
     if not times.exists():
         return []
-    return [json.loads(line)["trial_id"] for line in times.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in times.read_text().splitlines() if line.strip()]
+    return [row["trial_id"] for row in rows if row["event"] == "end"]
 
 
 # ------------------------------------------------------------------------------ search space

@@ -163,7 +163,29 @@ def _store_with_parent(tmp_path: Path):
     db = H.new_store(tmp_path.parent, tmp_path / "mlruns.db")
     store = T.Store(f"sqlite:///{db}", "unit")
     parent = store.client.create_run(store.experiment_id, tags={T.KIND_TAG: "sweep", T.SWEEP_ID_TAG: "s1"})
-    return store, T.TrackingSettings(store.uri, "unit", store.experiment_id, "s1", parent.info.run_id, str(tmp_path))
+    return store, T.TrackingSettings(store.uri, "unit", store.experiment_id, "s1", parent.info.run_id, str(tmp_path),
+                                     ("train.lr", "model.hidden_sizes"))
+
+
+def test_trial_runs_are_named_by_their_searched_values():
+    config = small_config({"strategy.name": "ewc", "strategy.lambda": 69800.0, "train.lr": 3.5e-4})
+    assert T.trial_run_name(config, ["strategy.lambda", "train.lr"]) == "lambda=6.98e4 lr=3.5e-4"
+    assert T.trial_run_name(config, ["train.lr", "benchmark.seed", "seed"]) == "lr=3.5e-4 benchmark.seed=0 seed=0"
+    assert T.trial_run_name(config, []) == "trial"
+    assert T.trial_run_name(config, ["train.lr"], T.STOPPED_EARLY, 2) == "stopped 2/5 · lr=3.5e-4"
+    assert T.trial_run_name(config, ["train.lr"], T.FAILED, 0) == "failed 0/5 · lr=3.5e-4"
+    assert T.trial_run_name(config, ["train.lr"], T.FINISHED, 5) == "lr=3.5e-4"
+
+
+def test_experiments_open_on_their_runs_in_the_mlflow_ui(tmp_path):
+    """MLflow 3 shows an experiment without ``mlflow.experimentKind`` as a GenAI overview; new and
+    existing experiments get the tag."""
+    db = H.new_store(tmp_path.parent, tmp_path / "mlruns.db")
+    store = T.Store(f"sqlite:///{db}", "fresh")
+    assert store.client.get_experiment(store.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    old = store.client.create_experiment("made_before")
+    T.Store(f"sqlite:///{db}", "made_before")
+    assert store.client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def _results(n: int, node: str = "n1") -> list[dict]:
@@ -190,7 +212,7 @@ def test_trial_logger_logs_each_task_once_even_when_a_restored_trial_reports_aga
     runs = store.trial_runs("s1")
     assert list(runs) == ["t1"]
     run = runs["t1"]
-    assert run.data.tags[T.PARENT_RUN_TAG] == settings.parent_run_id and run.info.run_name == "trial_t1"
+    assert run.data.tags[T.PARENT_RUN_TAG] == settings.parent_run_id and run.info.run_name == "lr=0.1 hidden_sizes=[32]"
     history = store.client.get_metric_history(run.info.run_id, "val_average_accuracy")
     assert sorted((m.step, round(m.value, 6)) for m in history) == [(1, 0.8), (2, 0.7), (3, 0.6)]
     assert "node_id" not in run.data.metrics and "training_iteration" not in run.data.metrics
@@ -200,7 +222,7 @@ def test_trial_logger_logs_each_task_once_even_when_a_restored_trial_reports_aga
 
 
 def test_sync_tags_a_trial_run_with_every_node_it_ran_on_and_writes_them_once(tmp_path, monkeypatch):
-    from sweeps.runner import TrialRecord
+    from sweeps.storage import TrialRecord
 
     store, settings = _store_with_parent(tmp_path)
     config = small_config(benchmark={"n_tasks": 5})
@@ -209,7 +231,10 @@ def test_sync_tags_a_trial_run_with_every_node_it_ran_on_and_writes_them_once(tm
     live(history[-1])  # live logging reached the store only from n2
     assert _node_tags(store.trial_runs("s1")["t1"])[T.NODE_IDS_TAG] == "n2"
 
-    tracker = T.SweepTracker(None, tmp_path, T.SweepIdentity("s1", store.uri))
+    from sweeps.spec import SweepSpec
+    from test_spec import small
+
+    tracker = T.SweepTracker(SweepSpec.from_dict(small()), tmp_path, T.SweepIdentity("s1", store.uri))
     tracker.store, tracker.parent = store, store.client.get_run(settings.parent_run_id)
     trial = TrialRecord("t1", "TERMINATED", {}, history, str(tmp_path), 3)
     tracker.upload_trial(trial, config)  # clsweep sync: Ray storage has every task

@@ -149,13 +149,23 @@ def test_mlflow_ui_shows_the_sweep_with_its_trials_nested(chromium, sqlite_sweep
     experiment = client.get_experiment_by_name("tiny_ewc")
     store = T.Store(identity["tracking_uri"], "tiny_ewc")
     parent = store.find_run({T.SWEEP_ID_TAG: identity["sweep_id"], T.KIND_TAG: "sweep"})
-    trials = sorted(r.info.run_name for r in store.trial_runs(identity["sweep_id"]).values())
+    runs = store.trial_runs(identity["sweep_id"]).values()
+    trials = sorted(r.info.run_name for r in runs)
     assert len(trials) == 6
+    for run in runs:  # named by the searched value, and how it ended when that was early
+        status, seen = run.data.tags[T.STATUS_TAG], run.data.tags[T.TASKS_SEEN_TAG]
+        name = run.info.run_name
+        assert name.startswith(f"stopped {seen}/5 · lambda=") == (status == T.STOPPED_EARLY), name
+        assert name.startswith(f"failed {seen}/5 · lambda=") == (status == T.FAILED), name
+        assert name.startswith("lambda=") == (status == T.FINISHED), name
+    assert {T.FINISHED, T.STOPPED_EARLY} <= {r.data.tags[T.STATUS_TAG] for r in runs}  # (lambda 2.45e4 diverges)
 
     browser = Chromium(chromium)
     try:
-        browser.page("Page.navigate", url=f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/runs")
-        assert browser.wait_for_text(parent.info.run_name), f"parent run not shown:\n{browser.text()[:2000]}"
+        browser.page("Page.navigate", url=T.experiment_url(mlflow_ui, experiment.experiment_id))
+        # the experiment's own page opens on its runs table, not on MLflow 3's GenAI overview
+        assert browser.wait_for_text(parent.info.run_name, "Run Name"), f"runs not shown:\n{browser.text()[:2000]}"
+        assert "No data available" not in browser.text()
         assert not any(name in browser.text() for name in trials), "trial runs should sit under the parent"
         browser.click('button[data-component-id="mlflow.assistant.chat_panel.close"]')  # more room for the table
         assert browser.click('button[data-component-id*="runnamecellrenderer"]'), "no expander on the parent row"

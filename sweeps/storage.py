@@ -1,0 +1,210 @@
+"""What a sweep's storage folder holds, and reading it back: no Ray, no pickle.
+
+A sweep lives in ``<storage.path>/<name>``. Next to Ray's own files (its experiment snapshots and
+``tuner.pkl``, which only `sweeps.runner.resume_sweep` reads, through Ray) the project keeps its own
+record, in JSON only:
+
+    sweep.yaml          the validated spec, overrides applied (written before Ray starts)
+    trials.jsonl        the driver's ledger, one line per event: a trial started (its searched values),
+                        or ended (Ray's status, error line, failures, wall time from its first start)
+    trial_<id>/tasks.jsonl  written by the trial itself, one line per task (metrics, accuracy
+                        matrices, node, the trial's config at that task)
+    summary.json, best_config.yaml   after the sweep
+
+`load_sweep` rebuilds every trial from these files alone, so ``clsweep status``, ``best`` and
+``sync`` can be pointed at a folder from anywhere without running code from it: Ray's files are
+pickles (unpickling a crafted one runs its code), and are never opened here. A trial is known from
+its first start in the ledger or its first task in ``tasks.jsonl``, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from clcore.config import ExperimentConfig
+from sweeps.spec import SweepSpec
+
+SPEC_FILE = "sweep.yaml"
+TRIALS_FILE = "trials.jsonl"
+SUMMARY_FILE = "summary.json"
+BEST_CONFIG_FILE = "best_config.yaml"
+TASKS_FILE = "tasks.jsonl"  # in each trial's folder: one line per reported task
+FAILURE_FILE = "clsweep_failure.json"  # in a trial's folder; written by a deterministic failure
+TIME_ATTR = "tasks_seen"  # the schedulers' time axis
+
+# Ray's trial statuses as the ledger records them.
+TERMINATED, ERROR, RUNNING, PENDING = "TERMINATED", "ERROR", "RUNNING", "PENDING"
+
+
+def trial_dirname(trial_id: str) -> str:
+    """A trial's folder in the sweep's storage."""
+    return f"trial_{trial_id}"
+
+
+@dataclass
+class TrialRecord:
+    """One trial as storage keeps it."""
+
+    trial_id: str
+    status: str  # Ray's: PENDING, RUNNING, TERMINATED or ERROR (RUNNING too for one whose driver died)
+    params: dict[str, Any]  # the searched values (after PBT's last mutation)
+    history: list[dict]  # the result reported after each task, in task order
+    path: str  # the trial's folder
+    n_tasks: int
+    error: Optional[str] = None  # the last line of the error, for a failed trial
+    num_failures: int = 0
+    wall_seconds: Optional[float] = None  # on the driver: first start to end
+
+    @property
+    def last(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+    @property
+    def tasks_seen(self) -> int:
+        return int(self.last.get(TIME_ATTR, 0))
+
+    @property
+    def outcome(self) -> str:
+        """complete | stopped early | failed | running | pending."""
+        if self.status == ERROR:
+            return "failed"
+        if self.status == TERMINATED:
+            return "complete" if self.tasks_seen >= self.n_tasks else "stopped early"
+        return "pending" if self.status == PENDING and not self.history else "running"
+
+    @property
+    def epochs_trained(self) -> int:
+        return int(self.last.get("epochs_trained", 0))
+
+
+@dataclass
+class SweepState:
+    spec: SweepSpec
+    path: Path
+    trials: list[TrialRecord] = field(default_factory=list)
+    wall_seconds: Optional[float] = None  # of the last run or resume
+
+    def best(self) -> Optional[TrialRecord]:
+        """The complete trial with the best objective (None while no trial is complete)."""
+        metric = self.spec.objective.metric
+        done = [t for t in self.trials if t.outcome == "complete" and _finite(t.last.get(metric))]
+        if not done:
+            return None
+        pick = max if self.spec.mode == "max" else min
+        return pick(done, key=lambda t: t.last[metric])
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for trial in self.trials:
+            out[trial.outcome] = out.get(trial.outcome, 0) + 1
+        return out
+
+    def trial_config(self, trial: TrialRecord) -> ExperimentConfig:
+        return self.spec.trial_config(trial.params)
+
+    def to_summary(self) -> dict:
+        best = self.best()
+        return {
+            "name": self.spec.name, "path": str(self.path), "objective": self.spec.objective.metric,
+            "mode": self.spec.mode, "wall_seconds": self.wall_seconds, "counts": self.counts(),
+            "best_trial": None if best is None else {
+                "trial_id": best.trial_id, "value": best.last[self.spec.objective.metric], "params": best.params,
+                "path": best.path, "val_matrix": best.last.get("val_matrix"),
+                "test_matrix": best.last.get("test_matrix")},
+            "trials": [{"trial_id": t.trial_id, "status": t.status, "outcome": t.outcome, "params": t.params,
+                        "tasks_seen": t.tasks_seen, "epochs_trained": t.epochs_trained,
+                        "value": t.last.get(self.spec.objective.metric), "error": t.error,
+                        "wall_seconds": t.wall_seconds, "clcore_seconds": t.last.get("clcore_seconds"),
+                        "node_id": t.last.get("node_id"), "path": t.path} for t in self.trials],
+        }
+
+
+# ------------------------------------------------------------------------------ the driver's ledger
+class TrialLedger:
+    """Appends the driver's trial events to ``trials.jsonl`` (one JSON object per line, flushed at once)."""
+
+    def __init__(self, experiment_dir: str | Path):
+        self.file = Path(experiment_dir) / TRIALS_FILE
+        self.started: dict[str, float] = {}  # trial id -> first start in this driver (perf_counter)
+
+    def trial_started(self, trial_id: str, params: dict) -> None:
+        self.started.setdefault(trial_id, time.perf_counter())
+        self._append({"event": "start", "trial_id": trial_id, "params": params})
+
+    def trial_ended(self, trial_id: str, status: str, params: dict, num_failures: int,
+                    error: Optional[str] = None) -> None:
+        started = self.started.pop(trial_id, None)
+        self._append({"event": "end", "trial_id": trial_id, "status": status, "params": params,
+                      "num_failures": num_failures, "error": error,
+                      "wall_seconds": None if started is None else time.perf_counter() - started})
+
+    def _append(self, row: dict) -> None:
+        with self.file.open("a") as f:
+            f.write(json.dumps({**row, "time": time.time()}, default=str) + "\n")
+
+
+# ------------------------------------------------------------------------------ reading storage
+def load_sweep(path: str | Path) -> SweepState:
+    """A sweep's state from its storage folder alone (running, interrupted or finished); reads only
+    the project's JSON and YAML files (see the module docstring)."""
+    path = Path(path).expanduser().resolve()
+    spec_file = path / SPEC_FILE
+    if not spec_file.exists():
+        raise FileNotFoundError(f"{path}: no {SPEC_FILE} here; give a sweep's storage folder "
+                                f"(<storage.path>/<name>, printed by `clsweep run`)")
+    spec = SweepSpec.from_yaml(spec_file)
+    n_tasks = spec.n_tasks
+    events: dict[str, list[dict]] = {}
+    for row in _json_lines(path / TRIALS_FILE):
+        events.setdefault(row["trial_id"], []).append(row)
+    reported = {folder.name[len(trial_dirname("")):] for folder in path.glob(trial_dirname("*"))
+                if (folder / TASKS_FILE).exists()}
+    trials = []
+    for trial_id in sorted(set(events) | reported):
+        folder = path / trial_dirname(trial_id)
+        history = _history(folder / TASKS_FILE)
+        rows = events.get(trial_id, [])
+        ended = rows[-1] if rows and rows[-1]["event"] == "end" else None
+        walls = [r["wall_seconds"] for r in rows if r["event"] == "end" and r.get("wall_seconds") is not None]
+        params = (ended or {}).get("params") or (history[-1].get("config") if history else None) or \
+            next((r["params"] for r in reversed(rows) if r.get("params")), {})
+        trials.append(TrialRecord(
+            trial_id, ended["status"] if ended else RUNNING, dict(params), history, str(folder), n_tasks,
+            ended.get("error") if ended else None, int(ended.get("num_failures") or 0) if ended else 0,
+            walls[-1] if walls else None))
+    return SweepState(spec, path, trials)
+
+
+def _json_lines(file: Path) -> list[dict]:
+    """The objects of a JSON-lines file; a last line cut off by a killed writer is left out."""
+    if not file.exists():
+        return []
+    rows = []
+    for line in file.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _history(tasks_file: Path) -> list[dict]:
+    """One result per task; when a restored trial reported a task again, its last report counts."""
+    by_task: dict[int, dict] = {}
+    for result in _json_lines(tasks_file):
+        by_task[int(result.get(TIME_ATTR, 0))] = result
+    return [by_task[k] for k in sorted(by_task)]
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+__all__ = ["TrialRecord", "SweepState", "TrialLedger", "load_sweep", "trial_dirname", "SPEC_FILE", "TRIALS_FILE",
+           "SUMMARY_FILE", "BEST_CONFIG_FILE", "TASKS_FILE", "FAILURE_FILE", "TIME_ATTR"]

@@ -1,0 +1,94 @@
+"""A sweep folder read back from the project's own JSON files: no Ray, and no pickle ever opened.
+
+Ray's experiment snapshots embed cloudpickle payloads and ``tuner.pkl`` is a pickle: unpickling a
+crafted one runs its code. ``clsweep status`` (and `load_sweep`, which ``sync`` uses) must read only
+``sweep.yaml``, ``trials.jsonl`` and the trials' ``tasks.jsonl``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from sweeps.spec import SweepSpec
+from sweeps.storage import SPEC_FILE, TASKS_FILE, TRIALS_FILE, load_sweep, trial_dirname
+
+from test_spec import small
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: proof that someone unpickled it."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def task_row(trial_id: str, k: int, value: float) -> dict:
+    return {"tasks_seen": k, "val_average_accuracy": value, "epochs_trained": k, "trial_id": trial_id,
+            "config": {"strategy.lambda": 10.0 * k, "strategy.decay_factor": 0.9, "train.lr": 0.01}}
+
+
+def crafted_sweep(folder: Path, marker: Path) -> Path:
+    path = folder / "crafted"
+    path.mkdir()
+    SweepSpec.from_dict(small()).to_yaml(path / SPEC_FILE)
+    blob = binascii.hexlify(pickle.dumps(_Payload(marker))).decode()
+    # What Ray's ExperimentAnalysis would expand (its CLOUDPICKLE_FALLBACK) and what Tuner.restore unpickles
+    (path / "experiment_state-2026-12-01_00-00-00.json").write_text(
+        json.dumps({"trial_data": {"_type": "CLOUDPICKLE_FALLBACK", "value": blob}}))
+    (path / "tuner.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    params = {"strategy.lambda": 1.0, "strategy.decay_factor": 0.9, "train.lr": 0.01}
+    events = [{"event": "start", "trial_id": "a", "params": params},
+              {"event": "start", "trial_id": "b", "params": params},
+              {"event": "end", "trial_id": "a", "status": "TERMINATED", "params": params, "num_failures": 0,
+               "error": None, "wall_seconds": 3.5},
+              {"event": "start", "trial_id": "c", "params": params},
+              {"event": "end", "trial_id": "c", "status": "ERROR", "params": params, "num_failures": 1,
+               "error": "TrainingDivergedError: non-finite loss", "wall_seconds": 1.0}]
+    (path / TRIALS_FILE).write_text("".join(json.dumps(e) + "\n" for e in events) + '{"event": "end", "tri')
+    for trial_id, tasks in (("a", 5), ("b", 2), ("d", 1)):  # d: reported, but not in the ledger yet
+        folder = path / trial_dirname(trial_id)
+        folder.mkdir()
+        (folder / TASKS_FILE).write_text("".join(json.dumps(task_row(trial_id, k, 0.5 + k / 10)) + "\n"
+                                                 for k in range(1, tasks + 1)))
+        (folder / "params.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    return path
+
+
+def test_load_sweep_reads_the_ledger_and_tasks_files_only(tmp_path):
+    marker = tmp_path / "unpickled"
+    state = load_sweep(crafted_sweep(tmp_path, marker))
+    assert not marker.exists()
+    by_id = {t.trial_id: t for t in state.trials}
+    assert sorted(by_id) == ["a", "b", "c", "d"]
+    assert {k: t.outcome for k, t in by_id.items()} == {"a": "complete", "b": "running", "c": "failed",
+                                                       "d": "running"}
+    assert by_id["a"].wall_seconds == 3.5 and by_id["a"].tasks_seen == 5
+    assert by_id["c"].error == "TrainingDivergedError: non-finite loss" and by_id["c"].num_failures == 1
+    assert by_id["d"].params["strategy.lambda"] == 10.0  # from its tasks.jsonl: the config at that task
+    assert state.best().trial_id == "a"
+
+
+def test_status_runs_no_code_from_a_crafted_folder_and_imports_no_ray(tmp_path):
+    marker = tmp_path / "unpickled"
+    path = crafted_sweep(tmp_path, marker)
+    script = ("import sys\n"
+              "sys.modules['ray'] = None  # any import of ray now raises ImportError\n"
+              "from sweeps.cli import main\n"
+              "sys.exit(main(['status', sys.argv[1], '--json']))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not marker.exists(), "clsweep status unpickled a file of the sweep folder"
+    summary = json.loads(done.stdout)
+    assert summary["counts"] == {"complete": 1, "running": 2, "failed": 1}
+    assert yaml.safe_load((path / SPEC_FILE).read_text())["name"] == summary["name"]
