@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import clcore
@@ -227,3 +229,10 @@ def test_yaml_files_with_repeated_keys_or_bad_bytes_are_rejected(tmp_path):
     from clcore.config import read_yaml_file
 
     assert read_yaml_file(merged)["train"] == {"lr": 0.5, "epochs": 2}
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "reproduce").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_reproductions_train_on_every_training_image_as_the_baselines_do(path):
+    """continual-learning-baselines carve no validation split (60,000 images per Permuted MNIST task)."""
+    assert ExperimentConfig.from_yaml(path).benchmark.val_fraction == 0.0

@@ -234,7 +234,9 @@ def test_sync_tags_a_trial_run_with_every_node_it_ran_on_and_writes_them_once(tm
     from sweeps.spec import SweepSpec
     from test_spec import small
 
-    tracker = T.SweepTracker(SweepSpec.from_dict(small()), tmp_path, T.SweepIdentity("s1", store.uri))
+    spec = small(search={"train.lr": {"dist": "loguniform", "low": 1e-3, "high": 0.3}})
+    spec["base"]["strategy"] = {"name": "naive"}  # the trial's config: small_config's naive strategy
+    tracker = T.SweepTracker(SweepSpec.from_dict(spec), tmp_path, T.SweepIdentity("s1", store.uri))
     tracker.store, tracker.parent = store, store.client.get_run(settings.parent_run_id)
     trial = TrialRecord("t1", "TERMINATED", {}, history, str(tmp_path), 3)
     tracker.upload_trial(trial, config)  # clsweep sync: Ray storage has every task
