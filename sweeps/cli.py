@@ -34,7 +34,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = ExperimentConfig.from_yaml(args.config).with_overrides(_overrides(args.set))
     result = clcore.run(config)
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(_nan_as_null(result.to_dict()), allow_nan=False))
         return 0
     print(f"device: {result.device}   training time: {result.train_seconds:.1f}s")
     for name, matrix in (("validation", result.val_matrix), ("test", result.test_matrix)):
@@ -44,6 +44,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     for key, value in result.metrics.items():
         print(f"  {key:28s} {value:.4f}" if isinstance(value, float) else f"  {key:28s} {value}")
     return 0
+
+
+def _nan_as_null(value):
+    """Strict JSON: a NaN (a metric that measures nothing, an empty validation split) becomes null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_as_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_as_null(v) for v in value]
+    return value
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -211,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run one experiment from a config file (no Ray)")
     p.add_argument("config", help="ExperimentConfig YAML (a best config exported by `clsweep best` works too)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. train.lr=0.1")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as strict JSON (NaN, for a metric that measures nothing, as null)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run a sweep file on Ray Tune")

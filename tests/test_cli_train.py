@@ -131,3 +131,15 @@ def test_human_readable_output(tmp_path, capsys):
     assert main(["train", str(config_path), "--set", "benchmark.n_tasks=2"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy matrix" in out and "after task 1:" in out and "test_average_accuracy" in out
+
+
+def test_train_json_is_strict_json_with_null_for_nan(tmp_path):
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(CONFIG_YAML)
+    proc = run_cli("train", str(config_path), "--set", "benchmark.val_fraction=0", "--set", "benchmark.n_tasks=2",
+                   "--set", "benchmark.train_samples_per_task=100", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "NaN" not in proc.stdout
+    data = json.loads(proc.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert data["metrics"]["val_average_accuracy"] is None  # no validation data: measured nothing
+    assert data["metrics"]["test_average_accuracy"] > 0
