@@ -49,7 +49,7 @@ gpu=0.25; [ "$DEVICE" = cpu ] && gpu=0
 CLSWEEP_STATE_DIR="$OUT/state" "$PY" -m sweeps.cli run search_spaces/quickstart.yaml \
     --set name=gpu_check --set "storage.path=$OUT/sweeps" --set tracking.mlflow=false \
     --set base.benchmark.name=synthetic --set base.benchmark.data_dir=null \
-    --set "base.train.device=$( [ "$DEVICE" = cpu ] && echo cpu || echo cuda )" \
+    --set "base.train.device=$DEVICE" \
     --set "resources.gpu=$gpu" --set resources.cpu=1 --set algorithm.num_samples=8 \
     --set algorithm.max_concurrent=4 --set scheduler=fifo >"$OUT/sweep.log" 2>&1
 sweep_rc=$?

@@ -276,15 +276,15 @@ class TrainConfig:
         _require(self.optimizer == "sgd" or self.momentum == 0, p + "momentum",
                  f"is SGD's momentum and does nothing with optimizer {self.optimizer!r} (Adam's moments are "
                  f"its betas), got {self.momentum!r}; allowed: 0 with adam, or optimizer sgd")
-        _require(not (self.amp and self.device == "cpu"), p + "amp",
-                 "bf16 autocast runs on CUDA only, and train.device is 'cpu'; allowed: false with device cpu, "
-                 "or device auto/cuda on a machine with a GPU")
+        if self.device == "cpu":
+            self.check_amp("cpu")
 
     def check_amp(self, device_type: str) -> None:
-        """``amp`` needs the CUDA device the run resolved (``device: auto`` on a CPU-only machine has none)."""
+        """``amp`` needs a CUDA device: ``device: cpu`` (at validation) or the device a run resolved
+        (``device: auto`` on a CPU-only machine) has none."""
         _require(not self.amp or device_type == "cuda", "train.amp",
-                 f"bf16 autocast runs on CUDA only, and this run's device is {device_type!r}; allowed: false "
-                 f"on a machine without a GPU")
+                 f"bf16 autocast runs on CUDA only, and the device is {device_type!r}; allowed: false with device "
+                 f"cpu or on a machine without a GPU, or device auto/cuda on a machine with one")
 
 
 @dataclass

@@ -118,17 +118,21 @@ def _end_recorded(path: Path, table: dict[int, tuple[int, int]]) -> int:
         recorded = []
     alive = [pid for pid, start in recorded if table.get(pid, (0, None))[1] == start]
     targets = sorted({*alive, *(d for pid in alive for d in _descendants(pid, table))})
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in targets:
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.time() + 5
-        while sig == signal.SIGTERM and time.time() < deadline and any(_running(p) for p in targets):
-            time.sleep(0.1)
+    _signal(targets, signal.SIGTERM)
+    deadline = time.time() + 5
+    while time.time() < deadline and any(_running(p) for p in targets):
+        time.sleep(0.1)
+    _signal([p for p in targets if _running(p)], signal.SIGKILL)
     path.unlink(missing_ok=True)
     return len(targets)
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _is_ray(pid: int) -> bool:

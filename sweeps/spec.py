@@ -49,9 +49,9 @@ from typing import Any, Optional
 
 import yaml
 
-from clcore.metrics import UNMEASURABLE
 from clcore.config import (ConfigError, ExperimentConfig, YamlFileError, build_typed, config_paths, parse_override,
                            read_yaml_file, set_path)
+from clcore.metrics import UNMEASURABLE
 
 
 class SpecError(ConfigError):

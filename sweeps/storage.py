@@ -171,8 +171,8 @@ def load_sweep(path: str | Path) -> SweepState:
         rows = events.get(trial_id, [])
         ended = rows[-1] if rows and rows[-1]["event"] == "end" else None
         walls = [r["wall_seconds"] for r in rows if r["event"] == "end" and r.get("wall_seconds") is not None]
-        params = (ended or {}).get("params") or (history[-1].get("config") if history else None) or \
-            next((r["params"] for r in reversed(rows) if r.get("params")), {})
+        params = next((r["params"] for r in reversed(rows) if r.get("params")), None) or \
+            (history[-1].get("config", {}) if history else {})
         trials.append(TrialRecord(
             trial_id, ended["status"] if ended else RUNNING, dict(params), history, str(folder), n_tasks,
             ended.get("error") if ended else None, int(ended.get("num_failures") or 0) if ended else 0,

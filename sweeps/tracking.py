@@ -90,10 +90,6 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 UI_QUERY = "workflowType=machine_learning"
 
-
-def experiment_url(server: str, experiment_id: str) -> str:
-    """The MLflow UI page of an experiment's runs (the parent run and its nested trials)."""
-    return f"{server.rstrip('/')}/#/experiments/{experiment_id}?{UI_QUERY}"
 KIND_TAG = "clsweep.kind"  # sweep | trial
 SWEEP_ID_TAG = "clsweep.sweep_id"
 TRIAL_ID_TAG = "clsweep.trial_id"
@@ -125,6 +121,11 @@ RAY_RESULT_KEYS = frozenset({
 # While a sweep runs: fail fast against a dead server, and no "View run at ..." line per trial.
 SWEEP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
+def experiment_url(server: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs (the parent run and its nested trials)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}?{UI_QUERY}"
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -446,7 +447,7 @@ class TrialLogger:
 
 
 def open_trial_run(store: Store, sweep_id: str, parent_run_id: str, trial_id: str, config: ExperimentConfig,
-                   search_keys: tuple[str, ...] | list[str] = (), run=None):
+                   search_keys: tuple[str, ...], run=None):
     """The trial's nested run (``run``, else found by ``clsweep.trial_id``, else created) with its params and
     config.yaml: what a worker that lost the server between creating the run and logging them left out."""
     if run is None:
@@ -549,6 +550,11 @@ class SweepTracker:
     def online(self) -> bool:
         return self.parent is not None
 
+    @property
+    def search_keys(self) -> tuple[str, ...]:
+        """The searched config fields: they name the trial runs (`trial_run_name`)."""
+        return tuple(self.spec.search)
+
     def connect(self, running: bool = False) -> None:
         """Open the store and find (resume, sync) or create the parent run, marked RUNNING when
         ``running`` (a sweep starts or resumes); raises when the store is unreachable."""
@@ -592,14 +598,14 @@ class SweepTracker:
             return None
         return TrackingSettings(self.identity.tracking_uri, self.spec.name, self.store.experiment_id,
                                 self.identity.sweep_id, self.parent.info.run_id, str(self.folder),
-                                tuple(self.spec.search))
+                                self.search_keys)
 
     # -------------------------------------------------------------- trials
     def upload_trial(self, trial: "TrialRecord", config: ExperimentConfig, run=None) -> str:
         """Everything of ``trial`` the store does not have yet: run, params, steps, status, artifacts."""
         store = self.store
         run = open_trial_run(store, self.identity.sweep_id, self.parent.info.run_id, trial.trial_id, config,
-                             tuple(self.spec.search), run)
+                             self.search_keys, run)
         logged = store.logged_steps(run.info.run_id)
         store.log_steps(run.info.run_id, {int(r[STEP_METRIC]): trial_metrics(r) for r in trial.history
                                           if STEP_METRIC in r and int(r[STEP_METRIC]) not in logged})
@@ -629,7 +635,7 @@ class SweepTracker:
         if trial.error:
             tags[FAILURE_TAG] = trial.error[:5000]
         store.log_tags(run, tags)
-        name = trial_run_name(config, tuple(self.spec.search), status, trial.tasks_seen)
+        name = trial_run_name(config, self.search_keys, status, trial.tasks_seen)
         if run.info.run_name != name:
             store.client.update_run(run.info.run_id, name=name)
         store.set_status(run, status)
@@ -665,7 +671,7 @@ class SweepTracker:
             run = self.store.find_run({SWEEP_ID_TAG: self.identity.sweep_id, TRIAL_ID_TAG: trial.trial_id})
             self.close_trial(record, config, run or open_trial_run(
                 self.store, self.identity.sweep_id, self.parent.info.run_id, trial.trial_id, config,
-                tuple(self.spec.search)))
+                self.search_keys))
         except Exception as e:  # noqa: BLE001
             self.went_offline(e)
 
