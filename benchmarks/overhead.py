@@ -5,14 +5,16 @@
 
 Model: the MLP 784-256-256-10 (single head) on permuted-MNIST-shaped uint8 tensors, batch 128, SGD,
 torch using every core unless ``--threads`` says otherwise. The training step is exactly
-`clcore.train`'s (one forward, task-loss backward, ``strategy.add_penalty_grad``, ``optimizer.step``,
-``strategy.after_step``). Every variant trains its own copy of the same network; variants take turns
+`clcore.train.train_step`, the one `clcore.train.run` takes (one forward, task-loss backward,
+``strategy.add_penalty_grad``, ``optimizer.step``, ``strategy.after_step``). Every variant trains its own copy of the same network; variants take turns
 (round-robin, ``--steps`` steps per turn, order alternating) after a warm-up, and each ratio is the
 median over rounds of (variant time / naive time in the same round), so load from other processes
 hits numerator and denominator alike. The fastest-round ratio is printed next to it.
 
 Variants: EWC separate after 1 and after 20 tasks (the penalty is active), EWC online, RWalk
-(penalty active, score updates every delta_t = 10 steps included).
+(penalty active, score updates every delta_t = 10 steps included), and every other strategy in
+`clcore.strategies.catalogue` at its declared defaults after one task (so a new strategy gets its
+row without an edit here).
 
 Fisher estimators: milliseconds per 1,000 samples for `clcore.fisher.estimate_fisher`
 (``fisher_batch_size`` 256) as it runs by default (Linear, Conv2d and BatchNorm layers factored, see
@@ -44,9 +46,8 @@ from clcore.config import ModelConfig
 from clcore.data import Split, Task
 from clcore.fisher import ESTIMATORS, estimate_fisher
 from clcore.models import build_model
-from clcore.strategies import Naive
-from clcore.strategies.ewc import EWC
-from clcore.strategies.rwalk import RWalk
+from clcore.strategies import EWC, Naive, RWalk, catalogue, strategy_class
+from clcore.train import train_step
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 
@@ -86,13 +87,8 @@ class Trainer:
             b = self.batch
             start = (self.cursor * b) % (len(data) - b + 1)
             self.cursor += 1
-            x, y, t = data.x[start:start + b], data.y[start:start + b], data.task_ids[start:start + b]
-            loss = F.cross_entropy(model(x, t), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            strategy.add_penalty_grad(model)
-            optimizer.step()
-            strategy.after_step(model)
+            train_step(model, strategy, optimizer, data.x[start:start + b], data.task_ids[start:start + b],
+                       data.y[start:start + b])
 
 
 def time_steps(trainers: list[Trainer], rounds: int, steps: int, warmup: int, device) -> dict[str, list[float]]:
@@ -197,11 +193,15 @@ def main() -> None:
     ewc_args = dict(fisher="empirical", fisher_samples=256, fisher_batch_size=256)
     trainers = [
         Trainer("naive", Naive(), model, [], current, args.batch),
-        Trainer("ewc_separate_1", EWC(1.0, "separate", **ewc_args), model, past[:1], current, args.batch),
-        Trainer("ewc_separate_20", EWC(1.0, "separate", **ewc_args), model, past, current, args.batch),
-        Trainer("ewc_online", EWC(1.0, "online", decay_factor=0.9, **ewc_args), model, past[:3], current, args.batch),
-        Trainer("rwalk", RWalk(0.1, 0.9, 10), model, past[:1], current, args.batch),
+        Trainer("ewc_separate_1", EWC(mode="separate", **ewc_args), model, past[:1], current, args.batch),
+        Trainer("ewc_separate_20", EWC(mode="separate", **ewc_args), model, past, current, args.batch),
+        Trainer("ewc_online", EWC(mode="online", decay_factor=0.9, **ewc_args), model, past[:3], current, args.batch),
+        Trainer("rwalk", RWalk(lambda_=0.1, alpha=0.9, delta_t=10), model, past[:1], current, args.batch),
     ]
+    # Every other strategy in the catalogue, at its declared defaults, with its penalty active (after one task).
+    timed = {"naive", "joint"} | {type(tr.strategy).name for tr in trainers}
+    trainers += [Trainer(name, strategy_class(name)(), model, past[:1], current, args.batch)
+                 for name in catalogue.names() if name not in timed]
     load = ", load average %.1f %.1f %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
     print(f"device: {device} ({torch.get_num_threads()} threads of {os.cpu_count()} cores{load}, "
           f"torch {torch.__version__}); MLP 784-256-256-10 ({n_params:,} parameters), batch {args.batch}, SGD")

@@ -4,14 +4,14 @@ A config is four typed sections plus a seed::
 
     benchmark:  what data, how many tasks, which scenario
     model:      network and head
-    strategy:   naive | joint | ewc | rwalk and their hyperparameters
+    strategy:   a strategy's name and its hyperparameters (each strategy declares its own: clcore.params)
     train:      optimiser, epochs, batch size, device
 
 `ExperimentConfig.from_dict` / `from_yaml` reject unknown keys and bad values before any
 training starts, with a `ConfigError` that names the field (as a dotted path such as
 ``strategy.lambda``) and the allowed values. `to_dict` / `to_yaml` round-trip exactly.
 Fields are addressed by dotted paths everywhere (YAML, ``--set``, sweep search spaces);
-the strategy's ``lambda`` is stored in the attribute ``lambda_``.
+``config.strategy.lambda_`` reads the strategy's ``lambda``.
 """
 
 from __future__ import annotations
@@ -27,17 +27,8 @@ from typing import Any, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config field has a bad value. ``field`` is the dotted path of the field."""
-
-    def __init__(self, field_path: str, message: str):
-        self.field = field_path
-        self.message = message
-        super().__init__(f"{field_path}: {message}")
-
-    def __reduce__(self):  # picklable (a sweep trial's error travels from a Ray worker to the driver)
-        return type(self), (self.field, self.message)
+from clcore.params import ConfigError, RuleError, coerce
+from clcore.strategies import catalogue
 
 
 BENCHMARKS = (
@@ -75,21 +66,11 @@ SCENARIOS = ("task", "domain", "class")
 MODELS = ("mlp", "cnn", "resnet18")
 HEADS = ("auto", "multi", "single", "incremental")
 HEAD_FOR_SCENARIO = {"task": "multi", "domain": "single", "class": "incremental"}
-STRATEGIES = ("naive", "joint", "ewc", "rwalk")
-EWC_MODES = ("separate", "online")
-FISHER_ESTIMATORS = ("exact", "empirical", "sampled", "batched")
-RWALK_SCORE_CLIPS = ("average", "interval")  # see clcore/strategies/rwalk.py
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
-
-# Strategy parameters that each strategy accepts (besides ``name``).
-STRATEGY_PARAMS = {
-    "naive": (),
-    "joint": (),
-    "ewc": ("lambda", "mode", "decay_factor", "fisher", "fisher_samples", "fisher_batch_size",
-            "keep_importance_data"),
-    "rwalk": ("lambda", "alpha", "delta_t", "score_clip"),
-}
+# Training fields PBT may change in a running trial (strategies mark theirs in their `Params`): they
+# take effect when training continues from a task checkpoint, whose state keeps its shape.
+MUTABLE = {"mutable": True}
 
 
 def default_data_dir() -> str:
@@ -97,14 +78,20 @@ def default_data_dir() -> str:
     return os.environ.get("CLCORE_DATA_DIR", "data")
 
 
-def _require(cond: bool, field_path: str, message: str) -> None:
+def _require(cond: bool, field_path: str, message: str, allowed: Optional[str] = None) -> None:
     if not cond:
-        raise ConfigError(field_path, message)
+        raise ConfigError(field_path, message, allowed)
+
+
+def _rule(cond: bool, field_path: str, allowed: str, value) -> None:
+    """The field's own rule: ``<field>: must be <allowed>, got <value>``, with ``allowed`` as data."""
+    if not cond:
+        raise RuleError(field_path, f"must be {allowed}, got {value!r}", allowed)
 
 
 def _one_of(value, allowed, field_path: str) -> None:
-    _require(value in allowed, field_path,
-             f"unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
+    if value not in allowed:
+        raise RuleError(field_path, f"unknown value {value!r}", ", ".join(map(str, allowed)))
 
 
 @dataclass
@@ -185,77 +172,48 @@ class ModelConfig:
 
 @dataclass
 class StrategyConfig:
-    """Strategy and its hyperparameters; only the ones in ``STRATEGY_PARAMS[name]`` may be set."""
+    """A strategy's name and its hyperparameters: those its class declares (`clcore.params`), checked
+    and completed with defaults by `validate`. ``config.strategy.lambda_`` reads ``params["lambda"]``
+    (None for a parameter the strategy does not have)."""
 
     name: str = "naive"
-    lambda_: Optional[float] = None
-    mode: Optional[str] = None
-    decay_factor: Optional[float] = None
-    fisher: Optional[str] = None
-    fisher_samples: Optional[int] = None
-    fisher_batch_size: Optional[int] = None
-    keep_importance_data: Optional[bool] = None
-    alpha: Optional[float] = None
-    delta_t: Optional[int] = None
-    score_clip: Optional[str] = None
-
-    # Defaults filled in by `with_defaults` for the fields a strategy accepts.
-    DEFAULTS: typing.ClassVar[dict] = {
-        "lambda": 1.0, "mode": "separate", "decay_factor": None, "fisher": "empirical",
-        "fisher_samples": None, "fisher_batch_size": 256, "keep_importance_data": False,
-        "alpha": 0.9, "delta_t": 10, "score_clip": "average",
-    }
+    params: dict[str, Any] = field(default_factory=dict)
 
     def get(self, key: str):
-        return getattr(self, "lambda_" if key == "lambda" else key)
+        return self.params.get(key)
 
-    def with_defaults(self) -> None:
-        for key in STRATEGY_PARAMS.get(self.name, ()):
-            if self.get(key) is None and self.DEFAULTS[key] is not None:
-                setattr(self, "lambda_" if key == "lambda" else key, self.DEFAULTS[key])
+    def __getattr__(self, attribute: str):
+        key = "lambda" if attribute == "lambda_" else attribute
+        if not attribute.startswith("__") and key in catalogue.all_params():
+            return self.params.get(key)
+        raise AttributeError(f"StrategyConfig has no attribute {attribute!r}")
 
-    def validate(self) -> None:
-        p = "strategy."
-        _one_of(self.name, STRATEGIES, p + "name")
-        accepted = STRATEGY_PARAMS[self.name]
-        for key in STRATEGY_PARAMS["ewc"] + STRATEGY_PARAMS["rwalk"]:
-            if key not in accepted and self.get(key) is not None:
-                raise ConfigError(p + key, f"is not a parameter of strategy {self.name!r}; its parameters: "
-                                           f"{', '.join(accepted) or 'none'}")
-        if "lambda" in accepted:
-            lam = self.lambda_
-            _require(isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0, p + "lambda",
-                     f"must be a finite number > 0, got {lam!r}")
-        if self.name == "ewc":
-            _one_of(self.mode, EWC_MODES, p + "mode")
-            if self.mode == "online":
-                _require(self.decay_factor is not None and 0.0 < self.decay_factor <= 1.0, p + "decay_factor",
-                         f"online EWC needs decay_factor in (0, 1], got {self.decay_factor!r}")
-            else:
-                _require(self.decay_factor is None, p + "decay_factor",
-                         "only applies to mode 'online' (separate mode keeps one penalty per task)")
-            _one_of(self.fisher, FISHER_ESTIMATORS, p + "fisher")
-            if self.fisher_samples is not None:
-                _require(isinstance(self.fisher_samples, int) and self.fisher_samples >= 1, p + "fisher_samples",
-                         f"must be an integer >= 1 or null (all samples), got {self.fisher_samples!r}")
-            _require(isinstance(self.fisher_batch_size, int) and self.fisher_batch_size >= 1,
-                     p + "fisher_batch_size", f"must be an integer >= 1, got {self.fisher_batch_size!r}")
-        if self.name == "rwalk":
-            _require(self.alpha is not None and 0.0 <= self.alpha <= 1.0, p + "alpha",
-                     f"must be in [0, 1], got {self.alpha!r}")
-            _require(isinstance(self.delta_t, int) and self.delta_t >= 1, p + "delta_t",
-                     f"must be an integer >= 1, got {self.delta_t!r}")
-            _one_of(self.score_clip, RWALK_SCORE_CLIPS, p + "score_clip")
+    @classmethod
+    def from_dict(cls, data, prefix: str = "strategy.") -> "StrategyConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(prefix.rstrip("."), f"must be a mapping, got {data!r}")
+        data = dict(data)
+        name = data.pop("name", cls.name)
+        declared = catalogue.info(name, prefix + "name").params
+        for key, value in data.items():
+            if key not in catalogue.all_params():
+                raise ConfigError(prefix + str(key), "unknown key",
+                                  f"name, {', '.join(declared.names)}" if declared.names else "name")
+        return cls(name, data).validate(prefix)
+
+    def validate(self, prefix: str = "strategy.") -> "StrategyConfig":
+        self.params = catalogue.check_params(self.name, self.params, prefix)
+        return self
 
 
 @dataclass
 class TrainConfig:
     optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    epochs: int = 1
-    batch_size: int = 64
+    lr: float = field(default=0.01, metadata=MUTABLE)
+    momentum: float = field(default=0.0, metadata=MUTABLE)
+    weight_decay: float = field(default=0.0, metadata=MUTABLE)
+    epochs: int = field(default=1, metadata=MUTABLE)
+    batch_size: int = field(default=64, metadata=MUTABLE)
     eval_batch_size: int = 1024
     reset_optimizer: bool = True
     device: str = "auto"
@@ -264,15 +222,14 @@ class TrainConfig:
     def validate(self) -> None:
         p = "train."
         _one_of(self.optimizer, OPTIMIZERS, p + "optimizer")
-        _require(math.isfinite(self.lr) and self.lr > 0, p + "lr", f"must be a finite number > 0, got {self.lr!r}")
-        _require(self.momentum >= 0, p + "momentum", f"must be >= 0, got {self.momentum!r}")
-        _require(self.weight_decay >= 0, p + "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        _rule(math.isfinite(self.lr) and self.lr > 0, p + "lr", "a finite number > 0", self.lr)
+        _rule(self.momentum >= 0, p + "momentum", "a number >= 0", self.momentum)
+        _rule(self.weight_decay >= 0, p + "weight_decay", "a number >= 0", self.weight_decay)
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
-            _require(isinstance(value, int) and value >= 1, p + name,
-                     f"must be an integer >= 1, got {value!r}")
-        _require(self.device in DEVICES or self.device.startswith("cuda:"), p + "device",
-                 f"unknown device {self.device!r}; allowed: auto, cpu, cuda, cuda:N")
+            _rule(isinstance(value, int) and value >= 1, p + name, "an integer >= 1", value)
+        _rule(self.device in DEVICES or self.device.startswith("cuda:"), p + "device", "auto, cpu, cuda, cuda:N",
+              self.device)
         _require(self.optimizer == "sgd" or self.momentum == 0, p + "momentum",
                  f"is SGD's momentum and does nothing with optimizer {self.optimizer!r} (Adam's moments are "
                  f"its betas), got {self.momentum!r}; allowed: 0 with adam, or optimizer sgd")
@@ -309,9 +266,7 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "ExperimentConfig":
         """Build and validate a config; unknown keys and wrong types raise `ConfigError`."""
-        config = build_typed(cls, data or {}, "")
-        config.strategy.with_defaults()
-        return config.validate()
+        return build_typed(cls, data or {}, "").validate()
 
     def to_dict(self) -> dict:
         """Plain dict (YAML-ready). Strategy fields that do not apply are left out."""
@@ -319,7 +274,7 @@ class ExperimentConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "strategy":
-                out["strategy"] = {"name": value.name, **{k: value.get(k) for k in STRATEGY_PARAMS[value.name]}}
+                out["strategy"] = {"name": value.name, **copy.deepcopy(value.params)}
             elif dataclasses.is_dataclass(value):
                 out[f.name] = {g.name: copy.deepcopy(getattr(value, g.name)) for g in dataclasses.fields(value)}
             else:
@@ -470,11 +425,22 @@ def config_paths() -> dict[str, type]:
         if f.name == "seed":
             continue
         section = typing.get_type_hints(ExperimentConfig)[f.name]
+        if section is StrategyConfig:
+            out["strategy.name"] = str
+            out.update({f"strategy.{p.name}": Optional[p.kind] if p.nullable else p.kind
+                        for p in catalogue.all_params().values()})
+            continue
         hints = typing.get_type_hints(section)
         for g in dataclasses.fields(section):
-            name = "lambda" if g.name == "lambda_" else g.name
-            out[f"{f.name}.{name}"] = hints[g.name]
+            out[f"{f.name}.{g.name}"] = hints[g.name]
     return out
+
+
+def mutable_paths() -> tuple[str, ...]:
+    """The dotted paths PBT may change in a running trial: training fields marked `MUTABLE` and
+    strategy parameters declared ``mutable``."""
+    train = tuple(f"train.{f.name}" for f in dataclasses.fields(TrainConfig) if f.metadata.get("mutable"))
+    return train + catalogue.mutable()
 
 
 def set_path(data: dict, path: str, value: Any) -> None:
@@ -501,20 +467,16 @@ def parse_override(text: str) -> tuple[str, Any]:
 def build_typed(cls, data: dict, prefix: str = ""):
     """Dataclass ``cls`` from a mapping: unknown keys and wrong types raise `ConfigError` naming
     ``prefix + key``. Not validated beyond types (callers run their own ``validate``)."""
+    if cls is StrategyConfig:
+        return StrategyConfig.from_dict(data, prefix)
     if not isinstance(data, dict):
         raise ConfigError(prefix.rstrip(".") or "<root>", f"must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {("lambda" if f.name == "lambda_" else f.name): f.name for f in dataclasses.fields(cls)}
+    names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise ConfigError(prefix + str(unknown[0]),
-                          f"unknown key; allowed keys here: {', '.join(names)}")
-    kwargs = {}
-    for key, attr in names.items():
-        if key not in data:
-            continue
-        kwargs[attr] = _coerce(hints[attr], data[key], prefix + key)
-    return cls(**kwargs)
+        raise ConfigError(prefix + str(unknown[0]), "unknown key", ", ".join(names))
+    return cls(**{key: _coerce(hints[key], data[key], prefix + key) for key in names if key in data})
 
 
 def _coerce(hint, value, path: str):
@@ -531,25 +493,4 @@ def _coerce(hint, value, path: str):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(path, f"must be a list, got {value!r}")
         return [_coerce(args[0], v, path) for v in value]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(path, f"must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(path, f"must be an integer, got {value!r}")
-        return int(value)
-    if hint is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)  # YAML 1.1 reads "1e-3" as a string
-            except ValueError:
-                raise ConfigError(path, f"must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(path, f"must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(path, f"must be a string, got {value!r}")
-        return value
-    return value
+    return coerce(hint, value, path)

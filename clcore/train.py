@@ -13,6 +13,7 @@ result as the uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -123,6 +124,25 @@ def evaluate(model: ContinualModel, splits: Iterable[Split], batch_size: int) ->
     return [c / n if n else math.nan for c, n in zip(torch.stack(correct).tolist(), sizes)]
 
 
+def train_step(model: ContinualModel, strategy: Strategy, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               task_ids: torch.Tensor, y: torch.Tensor, idle: Iterable[torch.nn.Parameter] = (),
+               autocast=contextlib.nullcontext()) -> torch.Tensor:
+    """One training step, as `run` takes it: one forward and one backward of the task loss, the
+    strategy's penalty gradient added in place, the ``idle`` parameters' gradients dropped (other
+    tasks' heads: so weight decay and momentum leave them alone), the optimiser step, then the
+    strategy's ``after_step``. Returns the task loss, detached, without synchronising."""
+    with autocast:
+        loss = F.cross_entropy(model(x, task_ids), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    strategy.add_penalty_grad(model)
+    for p in idle:
+        p.grad = None
+    optimizer.step()
+    strategy.after_step(model)
+    return loss.detach()
+
+
 def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], None]] = (), *,
         resume_from: Optional[dict] = None, raw: Optional[RawData] = None,
         benchmark: Optional[Benchmark] = None, reference_accuracy: Optional[list[float]] = None) -> Result:
@@ -198,16 +218,7 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 # index_select: 3-5x faster than v[idx] for these gathers on CPU
                 x, task_ids, y = (v.index_select(0, idx) for v in (data.x, data.task_ids, data.y))
-                with autocast:
-                    loss = F.cross_entropy(model(x, task_ids), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                strategy.add_penalty_grad(model)
-                for p in idle:
-                    p.grad = None
-                optimizer.step()
-                strategy.after_step(model)
-                losses[epoch, step] = loss.detach()
+                losses[epoch, step] = train_step(model, strategy, optimizer, x, task_ids, y, idle, autocast)
             with torch.no_grad():
                 penalties[epoch] = strategy.penalty(model)
             _check_finite(losses[epoch], t, epoch)

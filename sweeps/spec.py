@@ -26,7 +26,7 @@ Distributions (``dist``): ``loguniform``/``uniform`` (low, high), ``quniform``/`
 the others are sampled. The scheduler's time axis is tasks seen, and a trial is complete after
 ``benchmark.n_tasks`` tasks. ``pbt`` is synchronous (trials are compared and exploited only once
 all have finished the same task) and mutates ``scheduler.mutate`` (default: every searched field
-in `MUTABLE`).
+``clcore.config.mutable_paths()``).
 
 `load_spec` validates everything before Ray starts, and every problem is a `SpecError` that
 reads ``<file>: <field>: <problem>; allowed: ...``. A distribution is checked against the field
@@ -49,8 +49,9 @@ from typing import Any, Optional
 
 import yaml
 
-from clcore.config import (ConfigError, ExperimentConfig, YamlFileError, build_typed, config_paths, parse_override,
-                           read_yaml_file, set_path)
+from clcore.config import (ConfigError, ExperimentConfig, YamlFileError, build_typed, config_paths, mutable_paths,
+                           parse_override, read_yaml_file, set_path)
+from clcore.params import RuleError
 from clcore.metrics import UNMEASURABLE
 
 
@@ -100,19 +101,10 @@ SCHEDULERS = {
 # Fields a sweep cannot search: the dataset is loaded once per sweep and shared by its trials, and
 # benchmark.n_tasks is the schedulers' time axis.
 NOT_SEARCHABLE = ("benchmark.name", "benchmark.data_dir", "benchmark.download", "benchmark.n_tasks")
-# Fields PBT may change in a running trial: they take effect when training continues from a task
-# checkpoint (the model, the optimiser and the strategy state stay the same shape).
-MUTABLE = ("train.lr", "train.momentum", "train.weight_decay", "train.epochs", "train.batch_size",
-           "strategy.lambda", "strategy.decay_factor", "strategy.alpha", "strategy.delta_t",
-           "strategy.fisher", "strategy.fisher_samples", "strategy.fisher_batch_size")
 SECTIONS = ("name", "description", "base", "search", "objective", "algorithm", "scheduler", "resources",
             "storage", "max_failures", "tracking")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # s3://, gs://, file://, hdfs://: not a directory path
-# ExperimentConfig's messages for a value out of range: "must be in [0, 1], got 1.5",
-# "online EWC needs decay_factor in (0, 1], got 0.0", "must be an integer >= 1, got 0".
-_RULE = re.compile(r"^(?:.* )?(?:must be|needs \S+) (?P<allowed>.+), got .+$")
-
 
 # ------------------------------------------------------------------------------ sections
 @dataclass
@@ -521,12 +513,11 @@ class _Validator:
 
     def invalid(self, key: str, d: Distribution, value, error: ConfigError) -> SpecError:
         """``value`` of ``d`` makes the config invalid: say which field and what it accepts."""
-        rule = _RULE.match(error.message) if error.field == key else None
-        if rule:
-            return self.error(f"search.{key}", f"{d.describe(value)} is not a valid {key}", rule["allowed"])
-        problem, _, allowed = error.message.partition("; allowed: ")
+        if isinstance(error, RuleError) and error.field == key:
+            return self.error(f"search.{key}", f"{d.describe(value)} is not a valid {key}", error.allowed)
+        problem = error.message.removesuffix(f"; allowed: {error.allowed}")
         return self.error(f"search.{key}", f"{d.describe(value)} makes an invalid config: {error.field}: {problem}",
-                          allowed or None)
+                          error.allowed)
 
     # -------------------------------------------------------------- objective, algorithm, scheduler
     @staticmethod
@@ -667,22 +658,23 @@ class _Validator:
             raise self.error("scheduler.quantile_fraction", f"got {s.quantile_fraction}", "(0, 0.5]")
         if not 0 <= s.resample_probability <= 1:
             raise self.error("scheduler.resample_probability", f"got {s.resample_probability}", "[0, 1]")
-        mutable = [k for k, d in search.items() if k in MUTABLE and d.dist != "grid"]
+        can_mutate = mutable_paths()
+        mutable = [k for k, d in search.items() if k in can_mutate and d.dist != "grid"]
         if s.mutate is None:
             s.mutate = mutable
         for key in s.mutate:
             if key not in search:
                 raise self.error("scheduler.mutate", f"{key!r} is not a key of the search space",
                                  ", ".join(mutable) or "none")
-            if key not in MUTABLE:
+            if key not in can_mutate:
                 raise self.error("scheduler.mutate", f"pbt cannot change {key} in a running trial (the "
                                                      f"checkpoint it continues from would not fit)",
-                                 ", ".join(MUTABLE))
+                                 ", ".join(can_mutate))
             if search[key].dist == "grid":
                 raise self.error(f"search.{key}", "pbt cannot mutate a grid", "choice or a range for keys pbt mutates")
         if not s.mutate:
             raise self.error("search", "pbt needs at least one key it can mutate in a running trial",
-                             ", ".join(MUTABLE) + " (with a range or choice)")
+                             ", ".join(can_mutate) + " (with a range or choice)")
 
     def storage(self, data, scheduler: Scheduler) -> Storage:
         storage = self.section(Storage, data, "storage")
@@ -729,4 +721,4 @@ class _Validator:
 
 __all__ = ["SweepSpec", "SpecError", "Distribution", "load_spec", "apply_override", "encode_value", "decode_value",
            "field_kind",
-           "DISTRIBUTIONS", "OBJECTIVES", "SCHEDULERS", "MUTABLE"]
+           "DISTRIBUTIONS", "OBJECTIVES", "SCHEDULERS"]

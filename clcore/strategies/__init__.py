@@ -1,28 +1,43 @@
-"""Strategies: one regulariser each, on the contract in `clcore.strategies.base`."""
+"""Strategies: one regulariser each, on the contract in `clcore.strategies.base`.
+
+`catalogue` lists them and their declared hyperparameters without importing torch; the classes
+themselves are imported when first used (``from clcore.strategies import EWC`` works too).
+"""
 
 from __future__ import annotations
 
-from clcore.config import StrategyConfig
-from clcore.strategies.base import Joint, Naive, Strategy
+import importlib
+from typing import TYPE_CHECKING
+
+from clcore.strategies import catalogue
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clcore.config import StrategyConfig
+    from clcore.strategies.base import Strategy
 
 
-def build_strategy(config: StrategyConfig) -> Strategy:
+def strategy_class(name: str) -> type["Strategy"]:
+    """The class of strategy ``name``, imported now; its ``params`` must be what the catalogue read."""
+    info = catalogue.info(name)
+    cls = getattr(importlib.import_module(info.module), info.class_name)
+    if cls.params != info.params:
+        raise TypeError(f"{info.module}.{info.class_name}.params changed after its source was read")
+    return cls
+
+
+def build_strategy(config: "StrategyConfig") -> "Strategy":
     """The strategy ``config`` names, with its hyperparameters."""
-    if config.name == "naive":
-        return Naive()
-    if config.name == "joint":
-        return Joint()
-    if config.name == "ewc":
-        from clcore.strategies.ewc import EWC
-
-        return EWC(lambda_=config.lambda_, mode=config.mode, decay_factor=config.decay_factor,
-                   fisher=config.fisher, fisher_samples=config.fisher_samples,
-                   fisher_batch_size=config.fisher_batch_size, keep_importance_data=config.keep_importance_data)
-    if config.name == "rwalk":
-        from clcore.strategies.rwalk import RWalk
-
-        return RWalk(lambda_=config.lambda_, alpha=config.alpha, delta_t=config.delta_t, score_clip=config.score_clip)
-    raise ValueError(f"strategy.name: unknown strategy {config.name!r}; allowed: naive, joint, ewc, rwalk")
+    return strategy_class(config.name)(**config.params)
 
 
-__all__ = ["Strategy", "Naive", "Joint", "build_strategy"]
+def __getattr__(name: str):
+    """``Strategy``, ``Naive``, ``Joint`` and every strategy class by its class name, imported on use."""
+    if name in ("Strategy", "Naive", "Joint"):
+        return getattr(importlib.import_module("clcore.strategies.base"), name)
+    for info in catalogue.strategies().values():
+        if info.class_name == name:
+            return strategy_class(info.name)
+    raise AttributeError(f"module 'clcore.strategies' has no attribute {name!r}")
+
+
+__all__ = ["Strategy", "Naive", "Joint", "build_strategy", "strategy_class", "catalogue"]

@@ -18,26 +18,51 @@ read it there, with no second forward or backward pass. The step never computes 
 value (that would be more passes over memory per step); `penalty(model)` returns it as a
 differentiable tensor, which the loop logs once per epoch and tests compare with autograd.
 
+A strategy declares its hyperparameters once, as ``params`` (see `clcore.params`), and has a
+``name``; that is all it takes to exist: `clcore.strategies.catalogue` finds it, configs and sweep
+files accept its parameters, and `Strategy.__init__` checks them and sets them as attributes
+(``lambda`` as ``lambda_``).
+
 State lives in plain tensors; `state_dict()` / `load_state_dict()` work like ``torch.optim``'s,
 so a checkpoint after task k restores the strategy exactly.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
+
+from clcore.params import Params
 
 if TYPE_CHECKING:  # pragma: no cover
     from clcore.data import Task
 
 
 class Strategy:
-    """Fine-tuning: no regulariser. Subclasses override the hooks they need."""
+    """Fine-tuning: no regulariser. Subclasses set ``name`` and ``params`` and override the hooks they need."""
 
+    #: The strategy's name in configs (``strategy.name``); a class without one is not a strategy.
+    name: ClassVar[str]
+    #: Its hyperparameters (read by `clcore.strategies.catalogue` from the source, so: literals only).
+    params: ClassVar[Params] = Params()
     #: Train on the union of all tasks seen so far (the `joint` upper bound) instead of the current task.
     trains_on_all_seen_tasks = False
+
+    classes: ClassVar[dict[str, type["Strategy"]]] = {}  # name -> class, filled as modules are imported
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            Strategy.classes[cls.name] = cls
+
+    def __init__(self, **values):
+        """Check ``values`` against ``params`` (`clcore.params.ConfigError` naming the parameter) and
+        set each parameter as an attribute, defaults for the missing ones."""
+        values = {("lambda" if key == "lambda_" else key): value for key, value in values.items()}
+        for name, value in self.params.resolve(values, self.name).items():
+            setattr(self, self.params[name].attribute, value)
 
     def before_task(self, model: nn.Module, task: "Task") -> None:
         """Called before training on ``task``."""
@@ -73,8 +98,11 @@ class Strategy:
 class Naive(Strategy):
     """Plain fine-tuning on each task in turn (the lower bound)."""
 
+    name = "naive"
+
 
 class Joint(Strategy):
     """Trains on all data seen so far at every task (the usual upper bound; not a CL method)."""
 
+    name = "joint"
     trains_on_all_seen_tasks = True

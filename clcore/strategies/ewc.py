@@ -49,17 +49,15 @@ loop does once per epoch.
 
 from __future__ import annotations
 
-import math
 import weakref
 
 import torch
 from torch import nn
 
 from clcore.data import Task
-from clcore.fisher import check_estimator_args, estimate_fisher, gradients, ordered_parameters
+from clcore.fisher import estimate_fisher, gradients, ordered_parameters
+from clcore.params import Param, Params
 from clcore.strategies.base import Strategy
-
-MODES = ("separate", "online")
 
 
 class QuadraticPenalty:
@@ -96,25 +94,25 @@ class EWC(Strategy):
     ``theta*_t`` in `importance_history` (the penalty itself never needs them).
     """
 
-    def __init__(self, lambda_: float = 1.0, mode: str = "separate", decay_factor: float | None = None,
-                 fisher: str = "empirical", fisher_samples: int | None = None, fisher_batch_size: int = 256,
-                 keep_importance_data: bool = False):
-        if not (isinstance(lambda_, (int, float)) and math.isfinite(lambda_) and lambda_ > 0):
-            raise ValueError(f"lambda: must be a finite number > 0, got {lambda_!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode: unknown value {mode!r}; allowed: {', '.join(MODES)}")
-        if mode == "online" and not (decay_factor is not None and 0.0 < decay_factor <= 1.0):
-            raise ValueError(f"decay_factor: online EWC needs decay_factor in (0, 1], got {decay_factor!r}")
-        if mode == "separate" and decay_factor is not None:
-            raise ValueError("decay_factor: only applies to mode 'online'")
-        check_estimator_args(fisher, fisher_samples, fisher_batch_size)  # fail before task 0, not after it
-        self.lambda_ = float(lambda_)
-        self.mode = mode
-        self.decay_factor = decay_factor
-        self.fisher = fisher
-        self.fisher_samples = fisher_samples
-        self.fisher_batch_size = fisher_batch_size
-        self.keep_importance_data = keep_importance_data
+    name = "ewc"
+    params = Params(
+        Param("lambda", float, 1.0, "penalty weight (the penalty carries the Laplace 1/2)", low=0, low_open=True,
+              mutable=True),
+        Param("mode", str, "separate", "separate: one penalty per past task; online: one decayed running importance",
+              choices=("separate", "online")),
+        Param("decay_factor", float, None, "online mode's factor on the old importance after each task", low=0,
+              high=1, low_open=True, applies_when=("mode", "online"), mutable=True),
+        Param("fisher", str, "empirical", "importance estimator (see clcore.fisher)",
+              choices=("exact", "empirical", "sampled", "batched"), mutable=True),
+        Param("fisher_samples", int, None, "training samples of a task the Fisher is estimated on", low=1,
+              nullable="all samples", mutable=True),
+        Param("fisher_batch_size", int, 256, "samples per pass of the estimator (the batched estimator's batch)",
+              low=1, mutable=True),
+        Param("keep_importance_data", bool, False, "keep every task's own F_t and theta*_t for inspection"),
+    )
+
+    def __init__(self, **params):
+        super().__init__(**params)
 
         # Statistics (what `state_dict` holds), aligned with `param_names`.
         self.param_names: list[str] = []

@@ -4,7 +4,7 @@ Equation numbers are those Avalanche's RWalkPlugin cites. Per training step ``t`
 task loss alone, taken from the training step's own backward, in train mode)::
 
     F      <- alpha * g_t^2 + (1 - alpha) * F          EWC++ Fisher (eq. 6); the first step sets F = g_1^2
-    path   <- path - g_t * (theta_{t+1} - theta_t)     first-order loss change (eq. 7)
+    path   <- path - g_t * (theta_{t+1} - theta_t)     first-order loss change (eq. 7; clcore.strategies.path)
 
 Every ``delta_t`` steps, and at the end of every task for the steps left over, the interval
 ``[t1, t2]`` is closed (eq. 7)::
@@ -54,7 +54,6 @@ Conventions and how peers differ:
 
 from __future__ import annotations
 
-import math
 import warnings
 import weakref
 
@@ -63,8 +62,10 @@ from torch import nn
 
 from clcore.data import Task
 from clcore.fisher import gradients, ordered_parameters
+from clcore.params import Param, Params
 from clcore.strategies.base import Strategy
 from clcore.strategies.ewc import QuadraticPenalty
+from clcore.strategies.path import PathStep
 
 _TENSOR_STATE = ("fisher", "score", "weights", "anchor", "task_score", "path_loss", "interval_start")
 _COUNTERS = ("steps", "steps_in_task", "steps_in_interval", "tasks_seen")
@@ -74,22 +75,21 @@ class RWalk(Strategy):
     """RWalk with penalty weight ``lambda_``, EWC++ factor ``alpha``, score interval ``delta_t`` steps and
     where scores are clipped, ``score_clip`` (``average`` or ``interval``, see the module docstring)."""
 
+    name = "rwalk"
+    params = Params(
+        Param("lambda", float, 1.0, "penalty weight (no 1/2, as in the paper and Avalanche)", low=0, low_open=True,
+              mutable=True),
+        Param("alpha", float, 0.9, "EWC++ factor: the weight of the new squared gradient", low=0, high=1,
+              mutable=True),
+        Param("delta_t", int, 10, "training steps per path-integral score interval", low=1, mutable=True),
+        Param("score_clip", str, "average", "where negative scores are cut: the task average (Avalanche) or "
+                                            "each interval (the authors' code)", choices=("average", "interval")),
+    )
     # score_clip -> (eps, factor of F (theta_t2 - theta_t1)^2 in the interval's denominator, clip each interval)
     SCORE_CLIPS = {"average": (float(torch.finfo(torch.float32).eps), 0.5, False), "interval": (1e-3, 1.0, True)}
 
-    def __init__(self, lambda_: float = 0.1, alpha: float = 0.9, delta_t: int = 10, score_clip: str = "average"):
-        if not (isinstance(lambda_, (int, float)) and math.isfinite(lambda_) and lambda_ > 0):
-            raise ValueError(f"lambda: must be a finite number > 0, got {lambda_!r}")
-        if not (alpha is not None and 0.0 <= alpha <= 1.0):
-            raise ValueError(f"alpha: must be in [0, 1], got {alpha!r}")
-        if not (isinstance(delta_t, int) and delta_t >= 1):
-            raise ValueError(f"delta_t: must be an integer >= 1, got {delta_t!r}")
-        if score_clip not in self.SCORE_CLIPS:
-            raise ValueError(f"score_clip: unknown value {score_clip!r}; allowed: {', '.join(self.SCORE_CLIPS)}")
-        self.lambda_ = float(lambda_)
-        self.alpha = float(alpha)
-        self.delta_t = delta_t
-        self.score_clip = score_clip
+    def __init__(self, **params):
+        super().__init__(**params)
 
         # Statistics (what `state_dict` holds), lists aligned with `param_names`.
         self.param_names: list[str] = []
@@ -105,9 +105,7 @@ class RWalk(Strategy):
         self.steps_in_interval = 0
         self.tasks_seen = 0
 
-        # Per-step scratch: the task gradient and the parameters before the optimiser step.
-        self._grad: list[torch.Tensor] = []
-        self._before: list[torch.Tensor] = []
+        self._step: PathStep | None = None  # per-step scratch: the task gradient, the parameters before the step
         self._quadratic: QuadraticPenalty | None = None
         self._bound: tuple[weakref.ref, list[nn.Parameter]] | None = None
 
@@ -130,8 +128,7 @@ class RWalk(Strategy):
     def add_penalty_grad(self, model: nn.Module) -> None:
         params = self._params(model)
         grads = gradients(params)  # the task loss's gradient: nothing has been added yet
-        torch._foreach_copy_(self._grad, grads)
-        torch._foreach_copy_(self._before, params)
+        self._step.record(params, grads)
         if self.steps == 0:
             torch._foreach_copy_(self.fisher, grads)
             torch._foreach_mul_(self.fisher, grads)
@@ -144,8 +141,7 @@ class RWalk(Strategy):
     @torch.no_grad()
     def after_step(self, model: nn.Module) -> None:
         params = self._params(model)
-        torch._foreach_sub_(self._before, params)                     # theta_t - theta_{t+1}
-        torch._foreach_addcmul_(self.path_loss, self._grad, self._before)  # path -= g (theta_{t+1} - theta_t)
+        self._step.add_to(self.path_loss, params)
         self.steps += 1
         self.steps_in_task += 1
         self.steps_in_interval += 1
@@ -198,7 +194,7 @@ class RWalk(Strategy):
         for k in _COUNTERS:
             setattr(self, k, int(state[k]))
         self._quadratic = self._make_quadratic() if self.weights else None
-        self._grad, self._before, self._bound = [], [], None
+        self._step, self._bound = None, None
 
     # ------------------------------------------------------------------ helpers
     def _make_quadratic(self) -> QuadraticPenalty:
@@ -208,7 +204,7 @@ class RWalk(Strategy):
         """s_task += path / (c F (theta - theta_t1)^2 + eps), clipped here for ``interval``; open the next
         interval here."""
         eps, factor, clip = self.SCORE_CLIPS[self.score_clip]
-        denominator = self._before  # per-step scratch, free between steps
+        denominator = self._step.before  # per-step scratch, free between steps
         torch._foreach_copy_(denominator, params)
         torch._foreach_sub_(denominator, self.interval_start)
         torch._foreach_mul_(denominator, denominator)
@@ -240,8 +236,7 @@ class RWalk(Strategy):
                 for k in _TENSOR_STATE:
                     setattr(self, k, [v.to(device) for v in getattr(self, k)])
                 self._quadratic = self._make_quadratic() if self.weights else None
-            self._grad = [torch.empty_like(p) for p in params]
-            self._before = [torch.empty_like(p) for p in params]
+            self._step = PathStep(params)
         self._bound = (weakref.ref(model), params)
         return params
 
