@@ -294,3 +294,25 @@ def test_search_space_conversion_and_pbt_clipping(tmp_path):
     clipped = space.ClipToSpace(spec)({"strategy.alpha": 1.08, "strategy.delta_t": 0.4, "train.lr": 0.0432})
     assert clipped["strategy.alpha"] == 1.0 and clipped["strategy.delta_t"] == 1
     assert clipped["train.lr"] == pytest.approx(0.04)  # back on the grid of multiples of q
+
+
+# ------------------------------------------------------------------------------ every strategy's ready sweep
+REGULARISERS = [n for n in __import__("clcore.strategies", fromlist=["catalogue"]).catalogue.names()
+                if n not in ("naive", "joint")]
+
+
+@pytest.mark.parametrize("strategy", REGULARISERS)
+def test_every_regulariser_has_a_ready_sweep_that_runs_on_the_synthetic_benchmark(strategy, tmp_path, local_ray):
+    """``search_spaces/<strategy>_split_mnist_task.yaml`` tunes the strategy; shrunk to the synthetic benchmark,
+    it runs to the end with every trial complete and the best trial's config naming the strategy."""
+    path = Path(__file__).resolve().parents[1] / "search_spaces" / f"{strategy}_split_mnist_task.yaml"
+    assert path.is_file(), f"{strategy} has no ready sweep file {path.name}"
+    spec = SweepSpec.from_yaml(path, overrides=[
+        "benchmark.name=synthetic", "benchmark.train_samples_per_task=128", "model.hidden_sizes=[16]",
+        "train.epochs=1", "algorithm.num_samples=2", "algorithm.max_concurrent=2", "scheduler=fifo",
+        f"storage.path={tmp_path}", "tracking.mlflow=false", "resources.cpu=0.5", "max_failures=0"])
+    state = run_sweep(spec, verbose=0)
+    assert state.counts() == {"complete": 2}, state.counts()
+    best = state.trial_config(state.best())
+    assert best.strategy.name == strategy
+    assert set(spec.search) <= set(best.flat())
