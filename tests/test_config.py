@@ -122,7 +122,7 @@ BAD_INPUT = [
     ("unknown-benchmark", {"benchmark": {"name": "imagenet"}}, "benchmark.name",
      ["imagenet", "permuted_mnist", "split_mnist", "split_cifar100", "synthetic"]),
     ("unknown-model", {"model": {"name": "vgg16"}}, "model.name", ["vgg16", "mlp", "cnn", "resnet18"]),
-    ("unknown-strategy", {"strategy": {"name": "si"}}, "strategy.name", ["si", "naive", "joint", "ewc", "rwalk"]),
+    ("unknown-strategy", {"strategy": {"name": "lwf"}}, "strategy.name", ["lwf", "naive", "joint", "ewc", "rwalk", "si"]),
     ("unknown-scenario", {"benchmark": {"scenario": "online"}}, "benchmark.scenario", ["task", "domain", "class"]),
     ("too-many-tasks-mnist", {"benchmark": {"name": "split_mnist", "n_tasks": 10}}, "benchmark.n_tasks",
      ["10 classes", "[1, 2, 5]", "got 10"]),
