@@ -1,12 +1,34 @@
-"""clcore: EWC, online EWC and RWalk on device-resident continual-learning benchmarks.
+"""clcore: regularisation strategies (EWC, online EWC, RWalk, SI, MAS) on device-resident
+continual-learning benchmarks.
 
     import clcore
     config = clcore.ExperimentConfig.from_yaml("configs/split_mnist_naive.yaml")
     result = clcore.run(config)
     print(result.test_matrix, result.metrics)
+
+Names are imported when first used: validating a config (`clcore.config`, `clcore.params`,
+`clcore.strategies.catalogue`) imports no torch; training does.
 """
 
-from clcore.config import ConfigError, ExperimentConfig
-from clcore.train import Result, TaskReport, TrainingDivergedError, run
+from __future__ import annotations
 
-__all__ = ["ExperimentConfig", "ConfigError", "run", "Result", "TaskReport", "TrainingDivergedError"]
+import importlib
+
+_EXPORTS = {
+    "ExperimentConfig": "clcore.config", "ConfigError": "clcore.params",
+    "run": "clcore.train", "Result": "clcore.train", "TaskReport": "clcore.train",
+    "TrainingDivergedError": "clcore.train",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'clcore' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = list(_EXPORTS)

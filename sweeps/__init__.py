@@ -1,17 +1,37 @@
 """sweeps: the Ray Tune sweep service.
 
-    from sweeps import load_spec                    # validate a sweep file (no Ray import)
+    from sweeps import load_spec                    # validate a sweep file (no Ray, no torch)
     spec = load_spec("search_spaces/quickstart.yaml", ["algorithm.num_samples=4"])
 
-    from sweeps.runner import run_sweep, resume_sweep, load_sweep   # these import Ray
+    from sweeps.runner import run_sweep, resume_sweep   # these import Ray
     state = run_sweep(spec)
     print(state.best().params)
 
     from sweeps import best_config                  # the best trial, read back from MLflow
     config = best_config("quickstart", tracking_uri="http://mlflow:5000")
+
+Names are imported when first used, so ``clsweep --help`` and ``clsweep status`` stay fast.
 """
 
-from sweeps.best import BestRun, best_config, best_run, top_configs, top_runs
-from sweeps.spec import SpecError, SweepSpec, load_spec
+from __future__ import annotations
 
-__all__ = ["SweepSpec", "SpecError", "load_spec", "best_config", "best_run", "top_configs", "top_runs", "BestRun"]
+import importlib
+
+_EXPORTS = {
+    "SweepSpec": "sweeps.spec", "SpecError": "sweeps.spec", "load_spec": "sweeps.spec",
+    "best_config": "sweeps.best", "best_run": "sweeps.best", "top_configs": "sweeps.best", "top_runs": "sweeps.best",
+    "BestRun": "sweeps.best",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sweeps' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = list(_EXPORTS)
