@@ -45,6 +45,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from clcore.data import load_raw
 from sweeps import localray, space
+from sweeps.ray_private import BestOfCompleteReporter, attach_callbacks
 from sweeps.spec import SweepSpec
 from sweeps.storage import (BEST_CONFIG_FILE, ERROR, FAILURE_FILE, SPEC_FILE, SUMMARY_FILE, TERMINATED, TIME_ATTR,
                             SweepState, TrialLedger, TrialRecord, load_sweep, trial_dirname)
@@ -234,7 +235,7 @@ def _trial_dirname(trial) -> str:
 
 
 def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking) -> SweepState:
-    _attach_callbacks(tuner, [_TrialLedgerCallback(path), *tracking.callbacks()])
+    attach_callbacks(tuner, [_TrialLedgerCallback(path), *tracking.callbacks()])
     started = time.perf_counter()
     tuner.fit()
     state = load_sweep(path)
@@ -247,32 +248,13 @@ def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking) -> SweepState:
     return state
 
 
-def _attach_callbacks(tuner, callbacks: list) -> None:
-    """Add driver callbacks to the Tuner's run config after ``tuner.pkl`` was written: they hold
-    live state (files, clients) that must not be pickled into it and restored stale on resume."""
-    run_config = tuner._local_tuner.get_run_config()
-    run_config.callbacks = [*(run_config.callbacks or []), *callbacks]
-
-
 def _reporter(spec: SweepSpec):
-    return _Reporter(
-        spec.n_tasks,
+    return BestOfCompleteReporter(
+        spec.n_tasks, TIME_ATTR,
         metric_columns={TIME_ATTR: "tasks", spec.objective.metric: spec.objective.metric,
                         "epochs_trained": "epochs"},
         parameter_columns=list(spec.search), max_report_frequency=15, sort_by_metric=False,
         max_progress_rows=40, max_error_rows=10)
-
-
-class _Reporter(tune.CLIReporter):
-    """Ray's trial table, whose "current best trial" is the best of the trials that saw every task."""
-
-    def __init__(self, n_tasks: int, **kwargs):
-        super().__init__(**kwargs)
-        self.n_tasks = n_tasks
-
-    def _current_best_trial(self, trials):
-        return super()._current_best_trial(
-            [t for t in trials if (t.last_result or {}).get(TIME_ATTR) == self.n_tasks])
 
 
 class _TrialLedgerCallback(tune.Callback):
