@@ -7,6 +7,8 @@
     clsweep best SWEEP [--format yaml|json] [--out FILE] [--metric M] [--tracking-uri URI]
     clsweep sync PATH [--tracking-uri URI]                     upload a sweep's results to MLflow
     clsweep ui [--port 5000] [--tracking-uri sqlite:///mlruns.db]   the MLflow UI on 127.0.0.1
+    clsweep schema [--out FILE]                                the sweep file's JSON Schema
+    clsweep strategies                                         every strategy and its hyperparameters
 
 ``run`` validates the sweep file (with the overrides) before Ray starts, then runs it on a local
 Ray instance, or on the cluster at ``--address`` / ``$RAY_ADDRESS`` (``ray job submit --
@@ -156,6 +158,25 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.execve(sys.executable, command, env)
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from sweeps.schema import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    from clcore.strategies import catalogue
+
+    print(catalogue.markdown_table(), end="")
+    return 0
+
+
 # ------------------------------------------------------------------------------ formatting
 def format_matrix(name: str, matrix: list[list[float]], indent: str = "") -> str:
     lines = [f"{indent}{name} accuracy matrix (row i: after task i; column j: task j)"]
@@ -273,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000, help="default: 5000")
     _tracking_argument(p)
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("schema", help="print the sweep file's JSON Schema (editors complete and check sweep files)")
+    p.add_argument("--out", metavar="FILE", help="write it here (docs/sweep.schema.json is this output)")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("strategies", help="every strategy and its hyperparameters, as a Markdown table")
+    p.set_defaults(func=cmd_strategies)
     return parser
 
 

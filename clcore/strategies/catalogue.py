@@ -107,4 +107,21 @@ def check_params(name: str, values: dict, prefix: str = "strategy.") -> dict:
     return info(name, prefix + "name").params.resolve(values, name, prefix)
 
 
-__all__ = ["StrategyInfo", "strategies", "names", "info", "all_params", "mutable", "check_params", "ConfigError"]
+def markdown_table() -> str:
+    """Every strategy's parameters as a Markdown table (docs/strategies.md holds this output)."""
+    lines = ["| strategy | parameter | type | default | allowed | PBT may change | meaning |",
+             "|---|---|---|---|---|---|---|"]
+    for s in strategies().values():
+        if not s.params.names:
+            lines.append(f"| `{s.name}` | | | | | | {s.doc} |")
+        for p in s.params:
+            default = {None: "null", True: "true", False: "false"}.get(p.default, p.default) \
+                if not isinstance(p.default, (int, float)) or isinstance(p.default, bool) else p.default
+            default = f"`{default}`"
+            condition = f" (with {p.describe_condition()})" if p.applies_when else ""
+            lines.append(f"| `{s.name}` | `{p.name}` | {p.kind_name} | {default} | {p.allowed()}{condition} | "
+                         f"{'yes' if p.mutable else 'no'} | {p.doc} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["StrategyInfo", "markdown_table", "strategies", "names", "info", "all_params", "mutable", "check_params", "ConfigError"]
