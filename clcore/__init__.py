@@ -12,7 +12,7 @@ Names are imported when first used: validating a config (`clcore.config`, `clcor
 
 from __future__ import annotations
 
-import importlib
+from clcore.lazy import lazy_exports
 
 _EXPORTS = {
     "ExperimentConfig": "clcore.config", "ConfigError": "clcore.params",
@@ -21,14 +21,6 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'clcore' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = list(_EXPORTS)

@@ -15,7 +15,7 @@ Names are imported when first used, so ``clsweep --help`` and ``clsweep status``
 
 from __future__ import annotations
 
-import importlib
+from clcore.lazy import lazy_exports
 
 _EXPORTS = {
     "SweepSpec": "sweeps.spec", "SpecError": "sweeps.spec", "load_spec": "sweeps.spec",
@@ -24,14 +24,6 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'sweeps' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = list(_EXPORTS)

@@ -15,14 +15,13 @@ trial's last reported value (the value after the last task).
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from clcore.config import ExperimentConfig
-from sweeps import tracking as T
+from sweeps import mlflow_store as T
 
 # Metrics that are better when lower, for a metric given without a mode.
 LOWER_IS_BETTER = ("forgetting", "intransigence", "loss", "penalty", "penalty_to_loss_ratio")
@@ -76,7 +75,7 @@ def top_runs(sweep_name: str, k: int = 5, metric: Optional[str] = None, tracking
     from mlflow import MlflowClient
 
     uri = T.resolve_tracking_uri(tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    if T.sqlite_path(uri) is not None and not T.sqlite_path(uri).exists():
         raise SweepNotFoundError(f"no MLflow store at {uri} (is this the folder the sweep ran in?); pass "
                                  f"tracking_uri= (clsweep best --tracking-uri) or set MLFLOW_TRACKING_URI")
     client = MlflowClient(tracking_uri=uri)
@@ -118,7 +117,6 @@ def _objective(client, experiment_id: str, metric: Optional[str], mode: Optional
 
 
 def _config(client, run_id: str) -> ExperimentConfig:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="clsweep-") as tmp:
         path = client.download_artifacts(run_id, T.CONFIG_ARTIFACT, tmp)
         return ExperimentConfig.from_yaml(Path(path))

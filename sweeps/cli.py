@@ -126,7 +126,8 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from sweeps.tracking import TrackingUnavailableError, sync
+    from sweeps.mlflow_store import TrackingUnavailableError
+    from sweeps.tracking import sync
 
     try:
         report = sync(args.path, args.tracking_uri)
@@ -140,9 +141,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     import os
-    from pathlib import Path
 
-    from sweeps.tracking import DEFAULT_ARTIFACT_DIR, resolve_tracking_uri
+    from sweeps.mlflow_store import DEFAULT_ARTIFACT_DIR, resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
@@ -150,9 +150,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 2
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(args.port), "--workers", "1"]
-    if uri.startswith("sqlite:///"):
-        artifacts = Path(uri[len("sqlite:///"):]).parent / DEFAULT_ARTIFACT_DIR
-        command += ["--artifacts-destination", str(artifacts)]
+    if sqlite_path(uri) is not None:
+        command += ["--artifacts-destination", str(sqlite_path(uri).parent / DEFAULT_ARTIFACT_DIR)]
     print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # the UI needs no job runner
     os.execve(sys.executable, command, env)
@@ -203,11 +202,13 @@ def format_trials(state) -> str:
 
 def format_summary(state, table: bool = True) -> str:
     """Counts, the best trial (config, accuracy matrices, where its results are), what to run next."""
+    from sweeps.storage import BEST_CONFIG_FILE, Outcome
+
     spec, metric = state.spec, state.spec.objective.metric
     counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(state.counts().items())) or "no trials yet"
     wall = f" in {state.wall_seconds:.0f}s" if state.wall_seconds is not None else ""
     lines = ["", f"sweep {spec.name}: {len(state.trials)} trials{wall} ({counts})"]
-    failed = [t for t in state.trials if t.outcome == "failed"]
+    failed = [t for t in state.trials if t.outcome == Outcome.FAILED]
     if table and failed:
         lines += ["failed trials:"] + [f"  {t.trial_id}: {t.error}" for t in failed]
     best = state.best()
@@ -221,12 +222,10 @@ def format_summary(state, table: bool = True) -> str:
             if best.last.get(key):
                 lines.append(format_matrix(name, best.last[key], indent="  "))
         lines.append(f"  results: {best.path}")
-        from sweeps.storage import BEST_CONFIG_FILE
-
         config_file = state.path / BEST_CONFIG_FILE
         if config_file.exists():
             lines.append(f"  config:  {config_file}   (clsweep train {config_file} reruns it)")
-    unfinished = sum(t.outcome in ("running", "pending") for t in state.trials)
+    unfinished = sum(not t.outcome.ended for t in state.trials)
     if unfinished:
         lines.append(f"{unfinished} trials unfinished: continue with   clsweep resume {state.path}")
     lines.append(f"storage: {state.path}   (clsweep status {state.path})")
@@ -326,6 +325,9 @@ def _stop_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from sweeps import environment
+
+    environment.set_for_this_process()  # the program's own environment: Ray's and MLflow's settings
     if args.command in ("run", "resume") and not getattr(args, "dry_run", False):
         _stop_on_sigterm()
     try:

@@ -44,7 +44,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from clcore.data import load_raw
-from sweeps import localray, space
+from sweeps import environment, localray, space
 from sweeps.ray_private import BestOfCompleteReporter, attach_callbacks
 from sweeps.spec import SweepSpec
 from sweeps.storage import (BEST_CONFIG_FILE, ERROR, FAILURE_FILE, SPEC_FILE, SUMMARY_FILE, TERMINATED, TIME_ATTR,
@@ -59,9 +59,6 @@ from sweeps.trainable import TrialLoggerFactory, run_trial
 #     progress.csv come from the two loggers the runner adds itself;
 #   TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S=0: no warning each time trials
 #     checkpoint faster than every 5 s (they checkpoint after every task, by design).
-RAY_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-           "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
-
 
 class SweepExistsError(FileExistsError):
     """The sweep's storage folder already holds a sweep."""
@@ -168,8 +165,7 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> O
     A local instance's processes are recorded (`sweeps.localray`), and those of earlier local
     instances whose driver was killed are ended first; returns the record (None when none was made).
     """
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
+    environment.set_for_this_process()  # Tune reads its settings from the driver's environment
     import ray
 
     if ray.is_initialized():
@@ -180,12 +176,13 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> O
                          f"(ray job submit -- clsweep run ...) or run clsweep on a cluster node (--address auto)")
     if address:
         with _keeping_sigterm_handler():
-            ray.init(address=address)
+            ray.init(address=address, runtime_env={"env_vars": environment.for_workers()})
         return None
     localray.reap_orphans()
     before = localray.children_now()
     with _keeping_sigterm_handler():
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 runtime_env={"env_vars": environment.for_workers()})
     return localray.record(before)
 
 

@@ -19,6 +19,7 @@ its first start in the ledger or its first task in ``tasks.jsonl``, whichever co
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import time
@@ -39,6 +40,30 @@ TIME_ATTR = "tasks_seen"  # the schedulers' time axis
 
 # Ray's trial statuses as the ledger records them.
 TERMINATED, ERROR, RUNNING, PENDING = "TERMINATED", "ERROR", "RUNNING", "PENDING"
+
+
+class Outcome(str, enum.Enum):
+    """How a trial ended, or that it has not: the one vocabulary of ``clsweep status``, the summary,
+    the plots and MLflow (where `tag` is the word the ``clsweep.status`` tag holds)."""
+
+    COMPLETE = "complete"            # saw every task
+    STOPPED_EARLY = "stopped early"  # a scheduler stopped it after fewer tasks
+    FAILED = "failed"
+    RUNNING = "running"
+    PENDING = "pending"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @property
+    def ended(self) -> bool:
+        return self in (Outcome.COMPLETE, Outcome.STOPPED_EARLY, Outcome.FAILED)
+
+    @property
+    def tag(self) -> str:
+        """The ``clsweep.status`` tag's word (as stores written by earlier versions hold it)."""
+        return {"complete": "finished", "stopped early": "stopped_early", "pending": "running"}.get(self.value,
+                                                                                                   self.value)
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -69,13 +94,12 @@ class TrialRecord:
         return int(self.last.get(TIME_ATTR, 0))
 
     @property
-    def outcome(self) -> str:
-        """complete | stopped early | failed | running | pending."""
+    def outcome(self) -> Outcome:
         if self.status == ERROR:
-            return "failed"
+            return Outcome.FAILED
         if self.status == TERMINATED:
-            return "complete" if self.tasks_seen >= self.n_tasks else "stopped early"
-        return "pending" if self.status == PENDING and not self.history else "running"
+            return Outcome.COMPLETE if self.tasks_seen >= self.n_tasks else Outcome.STOPPED_EARLY
+        return Outcome.PENDING if self.status == PENDING and not self.history else Outcome.RUNNING
 
     @property
     def epochs_trained(self) -> int:
@@ -92,7 +116,7 @@ class SweepState:
     def best(self) -> Optional[TrialRecord]:
         """The complete trial with the best objective (None while no trial is complete)."""
         metric = self.spec.objective.metric
-        done = [t for t in self.trials if t.outcome == "complete" and _finite(t.last.get(metric))]
+        done = [t for t in self.trials if t.outcome == Outcome.COMPLETE and _finite(t.last.get(metric))]
         if not done:
             return None
         pick = max if self.spec.mode == "max" else min
@@ -206,5 +230,5 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-__all__ = ["TrialRecord", "SweepState", "TrialLedger", "load_sweep", "trial_dirname", "SPEC_FILE", "TRIALS_FILE",
+__all__ = ["Outcome", "TrialRecord", "SweepState", "TrialLedger", "load_sweep", "trial_dirname", "SPEC_FILE", "TRIALS_FILE",
            "SUMMARY_FILE", "BEST_CONFIG_FILE", "TASKS_FILE", "FAILURE_FILE", "TIME_ATTR"]

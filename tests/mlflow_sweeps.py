@@ -184,6 +184,7 @@ def check_sweep_in_mlflow(uri: str, sweep_dir: Path) -> dict:
     from mlflow import MlflowClient
 
     from sweeps import tracking as T
+    from sweeps import mlflow_store as M
     from sweeps.runner import load_sweep
 
     state = load_sweep(sweep_dir)
@@ -235,16 +236,16 @@ def check_sweep_in_mlflow(uri: str, sweep_dir: Path) -> dict:
             assert sorted(m.step for m in history) == list(range(1, trial.tasks_seen + 1)), (trial.trial_id, key)
             assert {m.step: _stored(m.value) for m in history} == \
                 {int(r["tasks_seen"]): _stored(float(r[key])) for r in trial.history}, (trial.trial_id, key)
-        status = T.STATUS_OF_OUTCOME[trial.outcome]
+        status = trial.outcome.tag
         assert run.data.tags[T.STATUS_TAG] == status
-        assert run.info.status == T.MLFLOW_STATUS[status]
+        assert run.info.status == M.MLFLOW_STATUS[status]
         if status == T.FINISHED:
             for name in ("average_accuracy", "forgetting", "bwt", "fwt"):
                 assert run.data.metrics[f"final_val_{name}"] == trial.last[f"val_{name}"]
                 assert run.data.metrics[f"final_test_{name}"] == trial.last[f"test_{name}"]
         else:
             assert not any(k.startswith("final_") for k in run.data.metrics)
-        if status == T.FAILED:
+        if status == M.FAILED:
             assert run.data.tags[T.FAILURE_TAG] == trial.error
         files = _artifacts(client, run.info.run_id)
         assert {"config.yaml", "accuracy_matrix_val.csv", "accuracy_matrix_test.csv", "accuracy_matrix_val.png",

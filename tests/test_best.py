@@ -12,6 +12,7 @@ from mlflow_sweeps import ray_down_after_module, sqlite_sweep_folder  # noqa: F4
 import sweeps
 from clcore.config import ExperimentConfig
 from sweeps import tracking as T
+from sweeps import mlflow_store as M
 from sweeps.best import SweepNotFoundError
 
 
@@ -77,5 +78,5 @@ def test_clsweep_best_exports_a_config_that_retrains_to_the_trials_accuracy_matr
     retrained = json.loads(capsys.readouterr().out)
     client = MlflowClient(uri)
     for split in ("val", "test"):
-        logged = T.read_matrix_csv(client.download_artifacts(run.run_id, f"accuracy_matrix_{split}.csv", str(tmp_path)))
+        logged = M.read_matrix_csv(client.download_artifacts(run.run_id, f"accuracy_matrix_{split}.csv", str(tmp_path)))
         assert retrained[f"{split}_matrix"] == logged

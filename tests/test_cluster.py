@@ -550,6 +550,7 @@ def test_sweep_submitted_as_a_ray_job(tmp_path):
     import mlflow
 
     from sweeps import tracking as T
+    from sweeps import mlflow_store as M
 
     if importlib.util.find_spec("aiohttp_cors") is None:  # what ray[default] adds for the dashboard
         pytest.fail("Ray's job API needs ray[default]: pip install -c constraints.txt -e '.[test]'")
@@ -589,7 +590,7 @@ def test_sweep_submitted_as_a_ray_job(tmp_path):
     assert sorted(trial_runs) == sorted(t.trial_id for t in state.trials)
     for trial in state.trials:
         run = trial_runs[trial.trial_id]
-        assert run.data.tags[T.PARENT_RUN_TAG] == parent.info.run_id and run.info.status == "FINISHED"
+        assert run.data.tags[M.PARENT_RUN_TAG] == parent.info.run_id and run.info.status == "FINISHED"
         history = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, "val_average_accuracy")
         assert sorted(m.step for m in history) == list(range(1, N_TASKS + 1))
         check_node_tags(run, trial)

@@ -16,7 +16,7 @@ from clcore.config import BenchmarkConfig, ModelConfig
 from clcore.data import build_benchmark
 from clcore.fisher import ESTIMATORS, estimate_fisher
 from clcore.models import build_model
-from clcore.strategies.ewc import QuadraticPenalty
+from clcore.strategies.quadratic import QuadraticPenalty
 from clcore.strategies.rwalk import RWalk
 from clcore.train import make_optimizer, run
 

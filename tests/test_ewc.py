@@ -13,7 +13,8 @@ from clcore.config import BenchmarkConfig, ConfigError, ExperimentConfig, ModelC
 from clcore.data import build_benchmark
 from clcore.models import build_model
 from clcore.strategies import build_strategy
-from clcore.strategies.ewc import EWC, QuadraticPenalty
+from clcore.strategies.ewc import EWC
+from clcore.strategies.quadratic import QuadraticPenalty
 from clcore.train import TrainingDivergedError, run
 
 from conftest import small_config

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from clcore.config import ConfigError, ExperimentConfig
-from clcore.data import Split, Task
+from clcore.data import Split
 from clcore.strategies import build_strategy
 from clcore.strategies.mas import MAS, output_sensitivity
 from clcore.train import run

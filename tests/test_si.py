@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from clcore.config import ConfigError, ExperimentConfig
-from clcore.data import Split, Task
 from clcore.strategies import build_strategy
 from clcore.strategies.si import SI
 from clcore.train import run, train_step

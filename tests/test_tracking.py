@@ -17,6 +17,8 @@ from mlflow_sweeps import ray_down_after_module, sqlite_sweep_folder  # noqa: F4
 from conftest import small_config
 from sweeps import plots
 from sweeps import tracking as T
+from sweeps import mlflow_store as M
+from sweeps import trial_logging as W
 
 
 def _tracked(sweep_dir: Path):
@@ -41,15 +43,15 @@ def test_sweep_logs_to_the_embedded_sqlite_store(sqlite_sweep_folder):
     assert identity["tracking_uri"] == f"sqlite:///{sqlite_sweep_folder.resolve() / 'mlruns.db'}"  # ./mlruns.db
     by_trial = H.check_sweep_in_mlflow(identity["tracking_uri"], sweep_dir)
     statuses = [run.data.tags[T.STATUS_TAG] for run in by_trial.values()]
-    assert T.STOPPED_EARLY in statuses, f"ASHA stopped no trial: {statuses}"
+    assert M.STOPPED_EARLY in statuses, f"ASHA stopped no trial: {statuses}"
     assert T.FINISHED in statuses
     assert any((sqlite_sweep_folder / "mlartifacts" / "tiny_ewc").rglob("accuracy_matrix_test.png"))  # local artifacts
     from sweeps.runner import load_sweep
 
     for trial in load_sweep(sweep_dir).trials:  # each run names the Ray node its trial ran on
         tags = by_trial[trial.trial_id].data.tags
-        assert tags[T.NODE_ID_TAG] == tags[T.NODE_IDS_TAG] == trial.last["node_id"]
-        assert tags[T.NODE_IP_TAG] == trial.last["node_ip"]
+        assert tags[M.NODE_ID_TAG] == tags[M.NODE_IDS_TAG] == trial.last["node_id"]
+        assert tags[M.NODE_IP_TAG] == trial.last["node_ip"]
 
 
 def test_resume_and_sync_log_into_the_same_runs_without_duplicates(sqlite_sweep_folder):
@@ -141,7 +143,7 @@ def test_tracking_uri_defaults_to_an_absolute_sqlite_store_in_the_working_direct
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert T.resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlruns.db"
-    assert T.default_artifact_location(T.resolve_tracking_uri(), "my sweep") == \
+    assert M.default_artifact_location(T.resolve_tracking_uri(), "my sweep") == \
         (tmp_path.resolve() / "mlartifacts" / "my_sweep").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert T.resolve_tracking_uri() == "http://mlflow:5000"
@@ -172,8 +174,8 @@ def test_trial_runs_are_named_by_their_searched_values():
     assert T.trial_run_name(config, ["strategy.lambda", "train.lr"]) == "lambda=6.98e4 lr=3.5e-4"
     assert T.trial_run_name(config, ["train.lr", "benchmark.seed", "seed"]) == "lr=3.5e-4 benchmark.seed=0 seed=0"
     assert T.trial_run_name(config, []) == "trial"
-    assert T.trial_run_name(config, ["train.lr"], T.STOPPED_EARLY, 2) == "stopped 2/5 · lr=3.5e-4"
-    assert T.trial_run_name(config, ["train.lr"], T.FAILED, 0) == "failed 0/5 · lr=3.5e-4"
+    assert T.trial_run_name(config, ["train.lr"], M.STOPPED_EARLY, 2) == "stopped 2/5 · lr=3.5e-4"
+    assert T.trial_run_name(config, ["train.lr"], M.FAILED, 0) == "failed 0/5 · lr=3.5e-4"
     assert T.trial_run_name(config, ["train.lr"], T.FINISHED, 5) == "lr=3.5e-4"
 
 
@@ -203,8 +205,8 @@ def test_trial_logger_logs_each_task_once_even_when_a_restored_trial_reports_aga
     first = T.TrialLogger(settings, "t1", "trial_t1", config)
     for result in _results(2):
         first(result)
-    assert _node_tags(store.trial_runs("s1")["t1"]) == {T.NODE_ID_TAG: "n1", T.NODE_IDS_TAG: "n1",
-                                                         T.NODE_IP_TAG: "10.0.0.1"}
+    assert _node_tags(store.trial_runs("s1")["t1"]) == {M.NODE_ID_TAG: "n1", M.NODE_IDS_TAG: "n1",
+                                                         M.NODE_IP_TAG: "10.0.0.1"}
     restored = T.TrialLogger(settings, "t1", "trial_t1", config)  # a new process on another node: tasks 2-3
     for result in _results(3, node="n2")[1:]:
         restored(result)
@@ -212,11 +214,11 @@ def test_trial_logger_logs_each_task_once_even_when_a_restored_trial_reports_aga
     runs = store.trial_runs("s1")
     assert list(runs) == ["t1"]
     run = runs["t1"]
-    assert run.data.tags[T.PARENT_RUN_TAG] == settings.parent_run_id and run.info.run_name == "lr=0.1 hidden_sizes=[32]"
+    assert run.data.tags[M.PARENT_RUN_TAG] == settings.parent_run_id and run.info.run_name == "lr=0.1 hidden_sizes=[32]"
     history = store.client.get_metric_history(run.info.run_id, "val_average_accuracy")
     assert sorted((m.step, round(m.value, 6)) for m in history) == [(1, 0.8), (2, 0.7), (3, 0.6)]
     assert "node_id" not in run.data.metrics and "training_iteration" not in run.data.metrics
-    assert _node_tags(run) == {T.NODE_ID_TAG: "n2", T.NODE_IDS_TAG: "n1,n2", T.NODE_IP_TAG: "10.0.0.2"}
+    assert _node_tags(run) == {M.NODE_ID_TAG: "n2", M.NODE_IDS_TAG: "n1,n2", M.NODE_IP_TAG: "10.0.0.2"}
     assert run.data.params["strategy.name"] == "naive" and run.data.params["model.hidden_sizes"] == "[32]"
     assert [f.path for f in store.client.list_artifacts(run.info.run_id)] == ["config.yaml"]
 
@@ -229,7 +231,7 @@ def test_sync_tags_a_trial_run_with_every_node_it_ran_on_and_writes_them_once(tm
     history = _results(2, node="n1") + _results(3, node="n2")[2:]  # task 3 retried on n2 after n1 was lost
     live = T.TrialLogger(settings, "t1", "trial_t1", config)
     live(history[-1])  # live logging reached the store only from n2
-    assert _node_tags(store.trial_runs("s1")["t1"])[T.NODE_IDS_TAG] == "n2"
+    assert _node_tags(store.trial_runs("s1")["t1"])[M.NODE_IDS_TAG] == "n2"
 
     from sweeps.spec import SweepSpec
     from test_spec import small
@@ -240,7 +242,7 @@ def test_sync_tags_a_trial_run_with_every_node_it_ran_on_and_writes_them_once(tm
     tracker.store, tracker.parent = store, store.client.get_run(settings.parent_run_id)
     trial = TrialRecord("t1", "TERMINATED", {}, history, str(tmp_path), 3)
     tracker.upload_trial(trial, config)  # clsweep sync: Ray storage has every task
-    expected = {T.NODE_ID_TAG: "n2", T.NODE_IDS_TAG: "n1,n2", T.NODE_IP_TAG: "10.0.0.2"}
+    expected = {M.NODE_ID_TAG: "n2", M.NODE_IDS_TAG: "n1,n2", M.NODE_IP_TAG: "10.0.0.2"}
     assert _node_tags(store.trial_runs("s1")["t1"]) == expected
 
     written = []
@@ -256,7 +258,7 @@ def test_a_dead_server_neither_fails_nor_stalls_a_trial(tmp_path, caplog):
     dead = f"http://127.0.0.1:{H.free_port()}"
     settings = T.TrackingSettings(dead, "unit", "1", "s1", "p1", str(tmp_path / "sweep"))
     logger = T.TrialLogger(settings, "t1", "trial_t1", small_config())
-    T._warned_in_this_process.discard(dead)
+    W._warned_in_this_process.discard(dead)
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="clsweep.tracking"):
         for result in _results(3):

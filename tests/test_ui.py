@@ -25,6 +25,7 @@ import pytest
 import mlflow_sweeps as H
 from mlflow_sweeps import ray_down_after_module, sqlite_sweep_folder  # noqa: F401 - fixtures
 from sweeps import tracking as T
+from sweeps import mlflow_store as M
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -155,10 +156,10 @@ def test_mlflow_ui_shows_the_sweep_with_its_trials_nested(chromium, sqlite_sweep
     for run in runs:  # named by the searched value, and how it ended when that was early
         status, seen = run.data.tags[T.STATUS_TAG], run.data.tags[T.TASKS_SEEN_TAG]
         name = run.info.run_name
-        assert name.startswith(f"stopped {seen}/5 · lambda=") == (status == T.STOPPED_EARLY), name
-        assert name.startswith(f"failed {seen}/5 · lambda=") == (status == T.FAILED), name
+        assert name.startswith(f"stopped {seen}/5 · lambda=") == (status == M.STOPPED_EARLY), name
+        assert name.startswith(f"failed {seen}/5 · lambda=") == (status == M.FAILED), name
         assert name.startswith("lambda=") == (status == T.FINISHED), name
-    assert {T.FINISHED, T.STOPPED_EARLY} <= {r.data.tags[T.STATUS_TAG] for r in runs}  # (lambda 2.45e4 diverges)
+    assert {T.FINISHED, M.STOPPED_EARLY} <= {r.data.tags[T.STATUS_TAG] for r in runs}  # (lambda 2.45e4 diverges)
 
     browser = Chromium(chromium)
     try:

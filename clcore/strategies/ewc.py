@@ -43,51 +43,22 @@ the model's argmax labels by default, and it always mixes ``F = alpha F_old + (1
 (alpha on the old importance, anchored at the latest parameters).
 
 Per step the gradient ``lambda * A * (theta - m)`` is added to ``p.grad`` in place in two passes over
-memory (`QuadraticPenalty`); the value is only computed when asked for (`penalty`), which the training
+memory (`clcore.strategies.quadratic`, which all four regularisers share); the value is only computed when asked for (`penalty`), which the training
 loop does once per epoch.
 """
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import nn
 
 from clcore.data import Task
-from clcore.fisher import estimate_fisher, gradients, ordered_parameters
+from clcore.fisher import estimate_fisher
 from clcore.params import Param, Params
-from clcore.strategies.base import Strategy
+from clcore.strategies.quadratic import QuadraticPenalty, QuadraticRegulariser
 
 
-class QuadraticPenalty:
-    """The gradient of ``1/2 sum_i W_i (theta_i - a_i)^2`` added to ``grads``: ``grads += W (theta - a)``.
-
-    Two passes over memory, ``e = theta - a`` then ``grads += W e`` (on CPU a step's overhead is its
-    passes over parameter-sized memory). On CUDA ``e`` is one foreach kernel into fresh memory, which
-    the caching allocator hands back every step; on CPU a fresh buffer costs page faults every step,
-    so ``e`` is written into a kept one, a tensor at a time (there is no foreach with ``out=``).
-    ``theta - a`` is formed first: ``grads += W theta - W a`` would cost the same, but where
-    ``W theta`` is large (a large lambda) it rounds the task gradient away. EWC and RWalk share it.
-    """
-
-    def __init__(self, weight: list[torch.Tensor], anchor: list[torch.Tensor]):
-        self.weight = weight
-        self.anchor = anchor
-        self.scratch = None if anchor[0].is_cuda else [torch.empty_like(a) for a in anchor]
-
-    @torch.no_grad()
-    def add_grad(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        if self.scratch is None:
-            difference = torch._foreach_sub(params, self.anchor)
-        else:
-            difference = self.scratch
-            for p, a, e in zip(params, self.anchor, difference):
-                torch.sub(p, a, out=e)
-        torch._foreach_addcmul_(grads, self.weight, difference)
-
-
-class EWC(Strategy):
+class EWC(QuadraticRegulariser):
     """EWC with ``mode`` ``"separate"`` or ``"online"``; see the module docstring for the formulas.
 
     ``keep_importance_data`` keeps, for inspection, every task's own importance ``F_t`` and anchor
@@ -111,36 +82,18 @@ class EWC(Strategy):
         Param("keep_importance_data", bool, False, "keep every task's own F_t and theta*_t for inspection"),
     )
 
+    tensor_state = ("importance", "anchor")  # A and m (separate), or F~ and theta*_{k-1} (online)
+    counters = ("tasks_seen",)
+    penalty_factor = 0.5
+
     def __init__(self, **params):
         super().__init__(**params)
-
-        # Statistics (what `state_dict` holds), aligned with `param_names`.
-        self.param_names: list[str] = []
-        self.importance: list[torch.Tensor] = []  # A (separate) or F~ (online)
-        self.anchor: list[torch.Tensor] = []      # m (separate) or theta*_{k-1} (online)
         self.offset: torch.Tensor | None = None   # c (separate; 0 online)
-        self.tasks_seen = 0
         self.importance_history: list[dict] = []  # [{"task", "importance": {name: F_t}, "anchor": {name: theta*_t}}]
 
-        self._quadratic: QuadraticPenalty | None = None
-        self._bound: tuple[weakref.ref, list[nn.Parameter]] | None = None
-
-    # ------------------------------------------------------------------ hooks
-    def before_task(self, model: nn.Module, task: Task) -> None:
-        self._bound = None
-        self._params(model)
-
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        if not self.importance:
-            return super().penalty(model)
-        params = self._params(model)
-        total = sum((a * (p - m).square()).sum() for p, a, m in zip(params, self.importance, self.anchor))
-        return 0.5 * self.lambda_ * (total + self.offset)
-
-    def add_penalty_grad(self, model: nn.Module) -> None:
-        if self.importance:
-            params = self._params(model)
-            self._quadratic.add_grad(params, gradients(params))  # grad += lambda A (theta - m)
+        value = super().penalty(model)
+        return value + 0.5 * self.lambda_ * self.offset if self.importance else value
 
     @torch.no_grad()
     def after_task(self, model: nn.Module, task: Task) -> None:
@@ -172,52 +125,19 @@ class EWC(Strategy):
                 anchor.append(torch.lerp(m, th, share))  # m + F / (A + F) (theta* - m)
             self.importance, self.anchor = importance, anchor
         self.tasks_seen += 1
-        self._quadratic = self._make_quadratic()
-
-    def importance_norm(self) -> float | None:
-        if not self.importance:
-            return None
-        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.importance))))
+        self.consolidated()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return {
-            "param_names": list(self.param_names),
-            "tasks_seen": self.tasks_seen,
-            "importance": dict(zip(self.param_names, self.importance)),
-            "anchor": dict(zip(self.param_names, self.anchor)),
-            "offset": self.offset,
-            "importance_history": self.importance_history,
-        }
+        return {**super().state_dict(), "offset": self.offset, "importance_history": self.importance_history}
 
     def load_state_dict(self, state: dict) -> None:
-        names = list(state["param_names"])
-        self.param_names = names
-        self.tasks_seen = int(state["tasks_seen"])
-        self.importance = [state["importance"][k].clone() for k in names] if state["importance"] else []
-        self.anchor = [state["anchor"][k].clone() for k in names] if state["anchor"] else []
         self.offset = None if state["offset"] is None else state["offset"].clone()
         self.importance_history = list(state["importance_history"])
-        self._quadratic = self._make_quadratic() if self.importance else None
-        self._bound = None
+        super().load_state_dict(state)
 
-    # ------------------------------------------------------------------ helpers
-    def _make_quadratic(self) -> QuadraticPenalty:
-        return QuadraticPenalty(torch._foreach_mul(self.importance, self.lambda_), self.anchor)
-
-    def _params(self, model: nn.Module) -> list[nn.Parameter]:
-        """Trainable parameters of ``model`` in `param_names` order (cached per model)."""
-        if self._bound is not None and self._bound[0]() is model:
-            return self._bound[1]
-        self.param_names, params = ordered_parameters(model, self.param_names, "EWC")
-        device = params[0].device
-        if self.importance and self.importance[0].device != device:
-            self.importance = [v.to(device) for v in self.importance]
-            self.anchor = [v.to(device) for v in self.anchor]
-            self.offset = self.offset.to(device)
-            self._quadratic = self._make_quadratic()
-        self._bound = (weakref.ref(model), params)
-        return params
+    def moved(self, device: torch.device) -> None:
+        self.offset = self.offset.to(device)
 
 
 __all__ = ["EWC", "QuadraticPenalty"]

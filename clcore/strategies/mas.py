@@ -32,17 +32,14 @@ Conventions and how peers differ:
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from clcore.data import Split, Task
-from clcore.fisher import CPU_CHUNK_BYTES, eval_mode, gradients, ordered_parameters, trainable_parameters
+from clcore.fisher import CPU_CHUNK_BYTES, eval_mode, trainable_parameters
 from clcore.params import Param, Params
-from clcore.strategies.base import Strategy
-from clcore.strategies.ewc import QuadraticPenalty
+from clcore.strategies.quadratic import QuadraticRegulariser
 
 
 def output_sensitivity(model: nn.Module, split: Split, max_samples: int | None = None,
@@ -73,7 +70,7 @@ def output_sensitivity(model: nn.Module, split: Split, max_samples: int | None =
     return importance
 
 
-class MAS(Strategy):
+class MAS(QuadraticRegulariser):
     """Memory Aware Synapses: importance from the sensitivity of the output's squared norm."""
 
     name = "mas"
@@ -88,30 +85,9 @@ class MAS(Strategy):
               low=1, mutable=True),
     )
 
-    def __init__(self, **params):
-        super().__init__(**params)
-        self.param_names: list[str] = []
-        self.importance: list[torch.Tensor] = []  # Omega
-        self.anchor: list[torch.Tensor] = []      # theta*, the parameters at the end of the last task
-        self.tasks_seen = 0
-        self._quadratic: QuadraticPenalty | None = None
-        self._bound: tuple[weakref.ref, list[nn.Parameter]] | None = None
-
-    def before_task(self, model: nn.Module, task: Task) -> None:
-        self._bound = None
-        self._params(model)
-
-    def penalty(self, model: nn.Module) -> torch.Tensor:
-        if not self.importance:
-            return super().penalty(model)
-        params = self._params(model)
-        return 0.5 * self.lambda_ * sum((w * (p - a).square()).sum()
-                                        for p, w, a in zip(params, self.importance, self.anchor))
-
-    def add_penalty_grad(self, model: nn.Module) -> None:
-        if self.importance:
-            params = self._params(model)
-            self._quadratic.add_grad(params, gradients(params))  # grad += lambda Omega (theta - theta*)
+    tensor_state = ("importance", "anchor")  # Omega; theta*, the parameters at the end of the last task
+    counters = ("tasks_seen",)
+    penalty_factor = 0.5
 
     @torch.no_grad()
     def after_task(self, model: nn.Module, task: Task) -> None:
@@ -122,40 +98,7 @@ class MAS(Strategy):
         self.importance = torch._foreach_add(torch._foreach_mul(old, self.alpha), new, alpha=1.0 - self.alpha)
         self.anchor = [p.detach().clone() for p in params]
         self.tasks_seen += 1
-        self._quadratic = self._make_quadratic()
-
-    def importance_norm(self) -> float | None:
-        if not self.importance:
-            return None
-        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.importance))))
-
-    def state_dict(self) -> dict:
-        return {"param_names": list(self.param_names), "tasks_seen": self.tasks_seen,
-                "importance": dict(zip(self.param_names, self.importance)),
-                "anchor": dict(zip(self.param_names, self.anchor))}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.param_names = list(state["param_names"])
-        self.tasks_seen = int(state["tasks_seen"])
-        self.importance = [state["importance"][k].clone() for k in self.param_names] if state["importance"] else []
-        self.anchor = [state["anchor"][k].clone() for k in self.param_names] if state["anchor"] else []
-        self._quadratic = self._make_quadratic() if self.importance else None
-        self._bound = None
-
-    def _make_quadratic(self) -> QuadraticPenalty:
-        return QuadraticPenalty(torch._foreach_mul(self.importance, self.lambda_), self.anchor)
-
-    def _params(self, model: nn.Module) -> list[nn.Parameter]:
-        """Trainable parameters of ``model`` in `param_names` order (cached per model)."""
-        if self._bound is not None and self._bound[0]() is model:
-            return self._bound[1]
-        self.param_names, params = ordered_parameters(model, self.param_names, "MAS")
-        if self.importance and self.importance[0].device != params[0].device:
-            self.importance = [v.to(params[0].device) for v in self.importance]
-            self.anchor = [v.to(params[0].device) for v in self.anchor]
-            self._quadratic = self._make_quadratic()
-        self._bound = (weakref.ref(model), params)
-        return params
+        self.consolidated()
 
 
 __all__ = ["MAS", "output_sensitivity"]

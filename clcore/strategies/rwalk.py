@@ -55,23 +55,18 @@ Conventions and how peers differ:
 from __future__ import annotations
 
 import warnings
-import weakref
 
 import torch
 from torch import nn
 
 from clcore.data import Task
-from clcore.fisher import gradients, ordered_parameters
+from clcore.fisher import gradients
 from clcore.params import Param, Params
-from clcore.strategies.base import Strategy
-from clcore.strategies.ewc import QuadraticPenalty
 from clcore.strategies.path import PathStep
-
-_TENSOR_STATE = ("fisher", "score", "weights", "anchor", "task_score", "path_loss", "interval_start")
-_COUNTERS = ("steps", "steps_in_task", "steps_in_interval", "tasks_seen")
+from clcore.strategies.quadratic import QuadraticRegulariser
 
 
-class RWalk(Strategy):
+class RWalk(QuadraticRegulariser):
     """RWalk with penalty weight ``lambda_``, EWC++ factor ``alpha``, score interval ``delta_t`` steps and
     where scores are clipped, ``score_clip`` (``average`` or ``interval``, see the module docstring)."""
 
@@ -88,41 +83,26 @@ class RWalk(Strategy):
     # score_clip -> (eps, factor of F (theta_t2 - theta_t1)^2 in the interval's denominator, clip each interval)
     SCORE_CLIPS = {"average": (float(torch.finfo(torch.float32).eps), 0.5, False), "interval": (1e-3, 1.0, True)}
 
+    # Statistics (what `state_dict` holds), lists aligned with `param_names`: F, the EWC++ running Fisher;
+    # s, the score averaged over the tasks seen; w, the penalty weight (after the first task); theta*_k, the
+    # parameters at the end of the last task; s_task, this task's closed intervals; path, the open
+    # interval's loss change; theta_t1, the parameters when the interval opened.
+    tensor_state = ("fisher", "score", "weights", "anchor", "task_score", "path_loss", "interval_start")
+    counters = ("steps", "steps_in_task", "steps_in_interval", "tasks_seen")  # steps: all tasks
+    weights_of = "weights"
+
     def __init__(self, **params):
         super().__init__(**params)
-
-        # Statistics (what `state_dict` holds), lists aligned with `param_names`.
-        self.param_names: list[str] = []
-        self.fisher: list[torch.Tensor] = []          # F, the EWC++ running Fisher
-        self.score: list[torch.Tensor] = []           # s, averaged over the tasks seen
-        self.weights: list[torch.Tensor] = []         # w, the penalty weight (after the first task)
-        self.anchor: list[torch.Tensor] = []          # theta*_k, parameters at the end of the last task
-        self.task_score: list[torch.Tensor] = []      # s_task, this task's closed intervals
-        self.path_loss: list[torch.Tensor] = []       # path, the open interval's loss change
-        self.interval_start: list[torch.Tensor] = []  # theta_t1, parameters when the interval opened
-        self.steps = 0              # training steps seen, all tasks
-        self.steps_in_task = 0
-        self.steps_in_interval = 0
-        self.tasks_seen = 0
-
         self._step: PathStep | None = None  # per-step scratch: the task gradient, the parameters before the step
-        self._quadratic: QuadraticPenalty | None = None
-        self._bound: tuple[weakref.ref, list[nn.Parameter]] | None = None
 
     # ------------------------------------------------------------------ hooks
     @torch.no_grad()
     def before_task(self, model: nn.Module, task: Task) -> None:
-        self._bound = None
+        super().before_task(model, task)
         params = self._params(model)
         torch._foreach_copy_(self.interval_start, params)
         torch._foreach_zero_(self.path_loss)
         self.steps_in_interval = 0
-
-    def penalty(self, model: nn.Module) -> torch.Tensor:
-        if not self.weights:
-            return super().penalty(model)
-        params = self._params(model)
-        return self.lambda_ * sum((w * (p - a).square()).sum() for p, w, a in zip(params, self.weights, self.anchor))
 
     @torch.no_grad()
     def add_penalty_grad(self, model: nn.Module) -> None:
@@ -135,8 +115,7 @@ class RWalk(Strategy):
         else:
             torch._foreach_mul_(self.fisher, 1.0 - self.alpha)
             torch._foreach_addcmul_(self.fisher, grads, grads, value=self.alpha)
-        if self.weights:
-            self._quadratic.add_grad(params, grads)  # grad += 2 lambda w (theta - theta*)
+        self.add_quadratic_grad(params, grads)  # grad += 2 lambda w (theta - theta*)
 
     @torch.no_grad()
     def after_step(self, model: nn.Module) -> None:
@@ -170,35 +149,21 @@ class RWalk(Strategy):
         self.weights = torch._foreach_add(torch._foreach_mul(self.fisher, _inverse_max(self.fisher)),
                                           torch._foreach_mul(positive, _inverse_max(positive)))
         self.anchor = [p.detach().clone() for p in params]
-        self._quadratic = self._make_quadratic()
+        self.consolidated()
         torch._foreach_zero_(self.task_score)
         self.steps_in_task = 0
         self.tasks_seen += 1
 
-    def importance_norm(self) -> float | None:
-        if not self.weights:
-            return None
-        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.weights))))
+    # ------------------------------------------------------------------ binding
+    def allocate(self, params: list[nn.Parameter]) -> None:
+        self.fisher, self.task_score, self.path_loss = ([torch.zeros_like(p) for p in params] for _ in range(3))
+        self.interval_start = [p.detach().clone() for p in params]
 
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
-        state = {"param_names": list(self.param_names)}
-        state.update({k: dict(zip(self.param_names, getattr(self, k))) for k in _TENSOR_STATE})
-        state.update({k: getattr(self, k) for k in _COUNTERS})
-        return state
+    def bound(self, params: list[nn.Parameter]) -> None:
+        self._step = PathStep(params)
 
-    def load_state_dict(self, state: dict) -> None:
-        self.param_names = list(state["param_names"])
-        for k in _TENSOR_STATE:
-            setattr(self, k, [state[k][name].clone() for name in self.param_names] if state[k] else [])
-        for k in _COUNTERS:
-            setattr(self, k, int(state[k]))
-        self._quadratic = self._make_quadratic() if self.weights else None
-        self._step, self._bound = None, None
-
-    # ------------------------------------------------------------------ helpers
-    def _make_quadratic(self) -> QuadraticPenalty:
-        return QuadraticPenalty(torch._foreach_mul(self.weights, 2.0 * self.lambda_), self.anchor)
+    def unbound(self) -> None:
+        self._step = None
 
     def _close_interval(self, params: list[nn.Parameter]) -> None:
         """s_task += path / (c F (theta - theta_t1)^2 + eps), clipped here for ``interval``; open the next
@@ -219,26 +184,6 @@ class RWalk(Strategy):
         torch._foreach_zero_(self.path_loss)
         torch._foreach_copy_(self.interval_start, params)
         self.steps_in_interval = 0
-
-    def _params(self, model: nn.Module) -> list[nn.Parameter]:
-        """Trainable parameters of ``model`` in `param_names` order; allocates the state on first use."""
-        if self._bound is not None and self._bound[0]() is model:
-            return self._bound[1]
-        self.param_names, params = ordered_parameters(model, self.param_names, "RWalk")
-        device = params[0].device
-        with torch.no_grad():
-            if not self.fisher:
-                self.fisher = [torch.zeros_like(p) for p in params]
-                self.task_score = [torch.zeros_like(p) for p in params]
-                self.path_loss = [torch.zeros_like(p) for p in params]
-                self.interval_start = [p.detach().clone() for p in params]
-            elif self.fisher[0].device != device:
-                for k in _TENSOR_STATE:
-                    setattr(self, k, [v.to(device) for v in getattr(self, k)])
-                self._quadratic = self._make_quadratic() if self.weights else None
-            self._step = PathStep(params)
-        self._bound = (weakref.ref(model), params)
-        return params
 
 
 def _inverse_max(tensors: list[torch.Tensor]) -> torch.Tensor:
