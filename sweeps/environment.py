@@ -3,9 +3,9 @@
 Tune picks its output mode and automatic loggers from the driver's environment, and MLflow its HTTP
 retries from the environment of whichever process logs; neither takes them as arguments. So the
 process that owns its environment sets them, once: the ``clsweep`` program at its start, and a
-Python program's sweep driver when it starts Ray (`sweeps.runner.init_ray`), which also hands them
-to the workers of the Ray it starts or joins through Ray's ``runtime_env`` (explicitly, not by
-inheritance). A value already in the environment wins.
+Python program's sweep driver when it starts Ray (`sweeps.runner.init_ray`). The workers of a local
+Ray that driver starts inherit them; those of a cluster it joins get them through Ray's
+``runtime_env``. A value already in the environment wins.
 """
 
 from __future__ import annotations
