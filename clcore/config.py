@@ -114,7 +114,7 @@ class BenchmarkConfig:
         _one_of(self.scenario, SCENARIOS, p + "scenario")
         _require(self.scenario in BENCHMARK_SCENARIOS[self.name], p + "scenario",
                  f"{self.name} does not support scenario {self.scenario!r} (its tasks share one label set, so "
-                 f"there are no task-specific heads); allowed: {', '.join(BENCHMARK_SCENARIOS[self.name])}")
+                 f"there are no task-specific heads)", ", ".join(BENCHMARK_SCENARIOS[self.name]))
         _require(isinstance(self.n_tasks, int) and self.n_tasks >= 1, p + "n_tasks",
                  f"must be an integer >= 1, got {self.n_tasks!r}")
         n_classes = BENCHMARK_CLASSES[self.name]
@@ -139,8 +139,8 @@ class BenchmarkConfig:
                      f"needs one angle per task ({self.n_tasks}), got {len(self.rotations)}")
         if self.data_dir is not None:
             _require(Path(self.data_dir).expanduser().is_dir() or self.download, p + "data_dir",
-                     f"directory {self.data_dir!r} does not exist and benchmark.download is false; "
-                     f"allowed: an existing directory, or download: true to create it and download into it")
+                     f"directory {self.data_dir!r} does not exist and benchmark.download is false",
+                     "an existing directory, or download: true to create it and download into it")
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir if self.data_dir is not None else default_data_dir()).expanduser()
@@ -163,8 +163,8 @@ class ModelConfig:
         if self.head != "auto":
             needed = HEAD_FOR_SCENARIO[scenario]
             _require(self.head == needed, p + "head",
-                     f"{self.head!r} does not fit scenario {scenario!r}; allowed: 'auto' or {needed!r} "
-                     f"(multi: task, single: domain, incremental: class)")
+                     f"{self.head!r} does not fit scenario {scenario!r}",
+                     f"'auto' or {needed!r} (multi: task, single: domain, incremental: class)")
 
     def resolved_head(self, scenario: str) -> str:
         return HEAD_FOR_SCENARIO[scenario] if self.head == "auto" else self.head
@@ -190,6 +190,7 @@ class StrategyConfig:
 
     @classmethod
     def from_dict(cls, data, prefix: str = "strategy.") -> "StrategyConfig":
+        """The section as written: its name known, every key some strategy's parameter; not yet validated."""
         if not isinstance(data, dict):
             raise ConfigError(prefix.rstrip("."), f"must be a mapping, got {data!r}")
         data = dict(data)
@@ -199,7 +200,7 @@ class StrategyConfig:
             if key not in catalogue.all_params():
                 raise ConfigError(prefix + str(key), "unknown key",
                                   f"name, {', '.join(declared.names)}" if declared.names else "name")
-        return cls(name, data).validate(prefix)
+        return cls(name, data)  # validated with the rest of the config (`ExperimentConfig.validate`)
 
     def validate(self, prefix: str = "strategy.") -> "StrategyConfig":
         self.params = catalogue.check_params(self.name, self.params, prefix)
@@ -232,7 +233,7 @@ class TrainConfig:
               self.device)
         _require(self.optimizer == "sgd" or self.momentum == 0, p + "momentum",
                  f"is SGD's momentum and does nothing with optimizer {self.optimizer!r} (Adam's moments are "
-                 f"its betas), got {self.momentum!r}; allowed: 0 with adam, or optimizer sgd")
+                 f"its betas), got {self.momentum!r}", "0 with adam, or optimizer sgd")
         if self.device == "cpu":
             self.check_amp("cpu")
 
@@ -240,8 +241,8 @@ class TrainConfig:
         """``amp`` needs a CUDA device: ``device: cpu`` (at validation) or the device a run resolved
         (``device: auto`` on a CPU-only machine) has none."""
         _require(not self.amp or device_type == "cuda", "train.amp",
-                 f"bf16 autocast runs on CUDA only, and the device is {device_type!r}; allowed: false with device "
-                 f"cpu or on a machine without a GPU, or device auto/cuda on a machine with one")
+                 f"bf16 autocast runs on CUDA only, and the device is {device_type!r}",
+                 "false with device cpu or on a machine without a GPU, or device auto/cuda on a machine with one")
 
 
 @dataclass

@@ -29,7 +29,6 @@ complete, so TPE does not take its early score for a final one.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -220,7 +219,7 @@ def ray_session(address: Optional[str] = None, num_cpus: Optional[int] = None):
 
 def _stored_at(spec: SweepSpec, experiment_path: Path) -> SweepSpec:
     """``spec`` with its storage path made absolute, as trials (in other working directories) need it."""
-    return dataclasses.replace(spec, storage=dataclasses.replace(spec.storage, path=str(experiment_path.parent)))
+    return spec.model_copy(update={"storage": spec.storage.model_copy(update={"path": str(experiment_path.parent)})})
 
 
 def _trainable(spec: SweepSpec, raw, tracking: Tracking):

@@ -29,29 +29,32 @@ all have finished the same task) and mutates ``scheduler.mutate`` (default: ever
 ``clcore.config.mutable_paths()``).
 
 `load_spec` validates everything before Ray starts, and every problem is a `SpecError` that
-reads ``<file>: <field>: <problem>; allowed: ...``. A distribution is checked against the field
-it searches: each bound (or value) is applied to the base config, so ExperimentConfig's own
-rules decide (lambda > 0, alpha in [0, 1], delta_t an integer >= 1, decay_factor in (0, 1], a
-parameter the strategy does not have, ...). Spaces are not conditional: every value of every
-distribution must make a valid config with the first value of all the others.
+reads ``<file>: <field>: <problem>; allowed: ...``. The file's shape is the pydantic models below
+(closed sections, unions tagged on ``dist`` and ``name``, one value's bounds; `sweeps.schema` makes
+the JSON Schema of the same models); `_Rules` checks what lies between fields. A distribution is
+checked against the field it searches: each bound (or value) is applied to the base config, so
+ExperimentConfig's own rules decide (lambda > 0, alpha in [0, 1], delta_t an integer >= 1,
+decay_factor in (0, 1], a parameter the strategy does not have, ...). Spaces are not conditional:
+every value of every distribution must make a valid config with the first value of all the others.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
+import functools
 import re
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
-from clcore.config import (ConfigError, ExperimentConfig, YamlFileError, build_typed, config_paths, mutable_paths,
-                           parse_override, read_yaml_file, set_path)
-from clcore.params import RuleError
+from clcore.config import (ConfigError, ExperimentConfig, YamlFileError, config_paths, mutable_paths, parse_override,
+                           read_yaml_file, set_path)
+from clcore.params import RuleError, coerce
 from clcore.metrics import UNMEASURABLE
 
 
@@ -70,15 +73,6 @@ class SpecError(ConfigError):
         return type(self), (self.file, self.field, self.message)
 
 
-DISTRIBUTIONS = {  # dist -> its settings
-    "loguniform": ("low", "high"),
-    "uniform": ("low", "high"),
-    "quniform": ("low", "high", "q"),
-    "qloguniform": ("low", "high", "q"),
-    "randint": ("low", "high"),
-    "choice": ("values",),
-    "grid": ("values",),
-}
 # Objective metrics (clcore reports them after every task) and the direction that is better.
 OBJECTIVES = {
     "val_average_accuracy": "max",
@@ -89,31 +83,56 @@ OBJECTIVES = {
 }
 ALGORITHMS = ("optuna", "random", "grid")
 SAMPLERS = ("tpe", "random")
-# Scheduler -> its settings and their defaults (None: every search key, for pbt's ``mutate``).
-SCHEDULERS = {
-    "fifo": {},
-    "asha": {"grace_period": 1, "reduction_factor": 3.0, "brackets": 1},
-    "hyperband": {"reduction_factor": 3.0},
-    "median": {"grace_period": 1, "min_samples_required": 3},
-    "pbt": {"perturbation_interval": 1, "burn_in_period": 0, "quantile_fraction": 0.25,
-            "resample_probability": 0.25, "mutate": None},
-}
 # Fields a sweep cannot search: the dataset is loaded once per sweep and shared by its trials, and
 # benchmark.n_tasks is the schedulers' time axis.
 NOT_SEARCHABLE = ("benchmark.name", "benchmark.data_dir", "benchmark.download", "benchmark.n_tasks")
-SECTIONS = ("name", "description", "base", "search", "objective", "algorithm", "scheduler", "resources",
-            "storage", "max_failures", "tracking")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # s3://, gs://, file://, hdfs://: not a directory path
+NUMBER_TEXT = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"  # YAML 1.1 reads 1e-3 as a string
 
-# ------------------------------------------------------------------------------ sections
-@dataclass
-class Distribution:
-    dist: str
-    low: Optional[float] = None
-    high: Optional[float] = None
-    q: Optional[float] = None
-    values: Optional[list] = None
+
+# ------------------------------------------------------------------------------ value kinds
+def _read(kind: type):
+    """A value read as clcore reads a config value (`clcore.params.coerce`): whole floats for
+    integers, numeric strings for floats, never a bool for a number."""
+    return BeforeValidator(lambda value: coerce(kind, value, ""))
+
+
+def _kind(kind: type, **bounds):
+    """``kind`` as clcore reads it, with pydantic bounds (``gt=0``...) that the JSON Schema shows too."""
+    return Annotated[kind, Field(**bounds), _read(kind)] if bounds else Annotated[kind, _read(kind)]
+
+
+Int, Float, Bool, Str = _kind(int), _kind(float), _kind(bool), _kind(str)
+# A distribution's bound: a number, or the string YAML 1.1 makes of 1e-3 (the schema allows both).
+Number = Annotated[float, BeforeValidator(lambda value: coerce(float, value, ""), json_schema_input_type=Union[
+    float, Annotated[str, Field(pattern=NUMBER_TEXT)]])]
+
+
+class _Section(BaseModel):
+    """A closed section of the sweep file: a key it does not name is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def unknown(cls, tag: Optional[str]) -> tuple[str, str]:
+        """(problem, allowed) for a key this section does not have; ``tag`` names the union member."""
+        return "unknown key", ", ".join(cls.model_fields)
+
+
+# ------------------------------------------------------------------------------ search
+class Distribution(_Section):
+    """One searched field's distribution; the subclasses are tagged on ``dist``."""
+
+    noun: ClassVar[str] = "distribution"
+
+    @classmethod
+    def unknown(cls, tag):
+        return f"is not a setting of {tag}", ", ".join(cls.setting_names())
+
+    @classmethod
+    def setting_names(cls) -> tuple[str, ...]:
+        return tuple(name for name in cls.model_fields if name != "dist")
 
     @property
     def discrete(self) -> bool:
@@ -134,78 +153,199 @@ class Distribution:
         return f"{self.dist} bound {'low' if value == self.low else 'high'}={value!r}"
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return self.model_dump()
 
 
-@dataclass
-class Objective:
-    metric: str = "val_average_accuracy"
-    mode: Optional[str] = None  # default: the metric's better direction
+class Range(Distribution):
+    """Sampled between ``low`` and ``high`` (``randint``: integers, both inclusive)."""
+
+    dist: Literal["loguniform", "uniform", "randint"]
+    low: Number
+    high: Number
+    q: ClassVar[None] = None
+    values: ClassVar[None] = None
 
 
-@dataclass
-class Algorithm:
-    name: str = "optuna"
-    num_samples: Optional[int] = None  # trials (grid: repeats of the grid, default 1)
-    max_concurrent: Optional[int] = 4  # null: as many as the cluster's resources allow
-    seed: Optional[int] = 0
-    sampler: Optional[str] = None  # optuna only: tpe (default) | random
-    n_startup_trials: Optional[int] = None  # optuna's tpe only: random trials before TPE starts
-    points_to_evaluate: Optional[list] = None  # first trials, e.g. [{strategy.lambda: 100.0}]
+class Quantised(Distribution):
+    """Sampled between ``low`` and ``high`` on multiples of ``q``."""
+
+    dist: Literal["quniform", "qloguniform"]
+    low: Number
+    high: Number
+    q: Number
+    values: ClassVar[None] = None
 
 
-@dataclass
-class Scheduler:
-    """Settings in ``SCHEDULERS[name]``; the time unit is tasks seen."""
+class Values(Distribution):
+    """``choice`` samples one of ``values``; ``grid`` takes every one."""
 
-    name: str = "fifo"
-    grace_period: Optional[int] = None
-    reduction_factor: Optional[float] = None
-    brackets: Optional[int] = None
-    min_samples_required: Optional[int] = None
-    perturbation_interval: Optional[int] = None
-    burn_in_period: Optional[int] = None
-    quantile_fraction: Optional[float] = None
-    resample_probability: Optional[float] = None
-    mutate: Optional[list[str]] = None
+    dist: Literal["choice", "grid"]
+    values: Annotated[list[Any], Field(min_length=1)]
+    low: ClassVar[None] = None
+    high: ClassVar[None] = None
+    q: ClassVar[None] = None
+
+
+DISTRIBUTION_KINDS = (Range, Quantised, Values)
+DISTRIBUTIONS = {dist: kind.setting_names() for kind in DISTRIBUTION_KINDS  # dist -> its settings
+                 for dist in typing.get_args(kind.model_fields["dist"].annotation)}
+
+
+# ------------------------------------------------------------------------------ sections
+class Objective(_Section):
+    metric: Annotated[Literal[tuple(OBJECTIVES)], Field(title="metric")] = "val_average_accuracy"
+    mode: Optional[Literal["max", "min"]] = None  # default: the metric's better direction
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _validation_data_only(cls, metric):
+        if isinstance(metric, str) and metric.startswith("test_"):
+            raise ConfigError("objective.metric", f"{metric!r} is measured on test data; a sweep selects on "
+                                                  f"validation data so that the test score stays unbiased",
+                              ", ".join(OBJECTIVES))
+        return metric
+
+
+class Algorithm(_Section):
+    name: Annotated[Literal[ALGORITHMS], Field(title="search algorithm")] = "optuna"
+    num_samples: Optional[_kind(int, ge=1)] = None  # trials (grid: repeats of the grid, default 1)
+    max_concurrent: Optional[_kind(int, ge=1)] = 4  # null: as many as the cluster's resources allow
+    seed: Optional[Int] = 0
+    sampler: Annotated[Optional[Literal[SAMPLERS]], Field(title="optuna sampler")] = None  # optuna: tpe (default)
+    n_startup_trials: Optional[_kind(int, ge=1)] = None  # optuna's tpe only: random trials before TPE starts
+    points_to_evaluate: Optional[list[Any]] = None  # first trials, e.g. [{strategy.lambda: 100.0}]
+
+
+class Scheduler(_Section):
+    """A trial scheduler and its settings (tagged on ``name``); the time unit is tasks seen."""
+
+    noun: ClassVar[str] = "scheduler"
+
+    @classmethod
+    def unknown(cls, tag):
+        return (f"is not a setting of scheduler {tag!r}", ", ".join(cls.setting_names()) or
+                "none (to switch schedulers from the command line, replace the section: --set scheduler=fifo)")
+
+    @classmethod
+    def setting_names(cls) -> tuple[str, ...]:
+        return tuple(name for name in cls.model_fields if name != "name")
 
     def settings(self) -> dict:
-        return {k: getattr(self, k) for k in SCHEDULERS.get(self.name, {})}
+        return {name: getattr(self, name) for name in self.setting_names()}
 
 
-@dataclass
-class Resources:
-    cpu: float = 1.0
-    gpu: float = 0.0
+TaskCount = _kind(int, ge=1)  # tasks seen; the upper bound, benchmark.n_tasks, is checked with the base
 
 
-@dataclass
-class Storage:
-    path: str = "ray_results"  # a local or shared directory; relative paths start at the working directory
-    checkpoints_to_keep: Optional[int] = None  # per trial; default 2; pbt keeps all (null)
+class Fifo(Scheduler):
+    name: Literal["fifo"]
 
 
-@dataclass
-class TrackingSpec:
-    mlflow: bool = False
-    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else the tracking layer's default
+class Asha(Scheduler):
+    name: Literal["asha"]
+    grace_period: TaskCount = 1
+    reduction_factor: _kind(float, gt=1) = 3.0
+    brackets: _kind(int, ge=1) = 1
+
+
+class HyperBand(Scheduler):
+    name: Literal["hyperband"]
+    reduction_factor: _kind(float, gt=1) = 3.0
+
+
+class Median(Scheduler):
+    name: Literal["median"]
+    grace_period: TaskCount = 1
+    min_samples_required: _kind(int, ge=1) = 3
+
+
+class Pbt(Scheduler):
+    """Synchronous PBT; ``mutate`` defaults to every searched field it may change in a running trial."""
+
+    name: Literal["pbt"]
+    perturbation_interval: TaskCount = 1
+    burn_in_period: _kind(int, ge=0) = 0
+    quantile_fraction: _kind(float, gt=0, le=0.5) = 0.25
+    resample_probability: _kind(float, ge=0, le=1) = 0.25
+    mutate: Optional[list[Str]] = None
+
+
+SCHEDULER_KINDS = (Fifo, Asha, HyperBand, Median, Pbt)
+SCHEDULERS = {typing.get_args(kind.model_fields["name"].annotation)[0]: kind for kind in SCHEDULER_KINDS}
+
+
+def _scheduler_by_name(value):
+    """``scheduler: fifo`` is short for ``{name: fifo}``, and a mapping without a name is fifo's."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict) and "name" not in value:
+        return {"name": "fifo", **value}
+    return value
+
+
+class Resources(_Section):
+    cpu: _kind(float, gt=0) = 1.0  # per trial; fractions share a CPU
+    gpu: _kind(float, ge=0) = 0.0  # 0, a fraction in (0, 1], or a whole number
+
+
+class Storage(_Section):
+    path: Annotated[str, Field(min_length=1), _read(str)] = "ray_results"  # relative: from the working directory
+    checkpoints_to_keep: Optional[_kind(int, ge=1)] = None  # per trial; default 2; pbt keeps all (null)
+
+
+class TrackingSpec(_Section):
+    mlflow: Bool = False
+    tracking_uri: Optional[Str] = None  # null: $MLFLOW_TRACKING_URI, else the tracking layer's default
+
+
+AnyDistribution = Annotated[Union[DISTRIBUTION_KINDS], Field(discriminator="dist")]
+AnyScheduler = Annotated[Union[SCHEDULER_KINDS], Field(discriminator="name")]
 
 
 # ------------------------------------------------------------------------------ the spec
-@dataclass
-class SweepSpec:
-    name: str
-    base: dict  # the ExperimentConfig mapping as written (searched fields may be absent)
-    search: dict[str, Distribution]
-    objective: Objective = field(default_factory=Objective)
-    algorithm: Algorithm = field(default_factory=Algorithm)
-    scheduler: Scheduler = field(default_factory=Scheduler)
-    resources: Resources = field(default_factory=Resources)
-    storage: Storage = field(default_factory=Storage)
-    max_failures: int = 1
-    tracking: TrackingSpec = field(default_factory=TrackingSpec)
-    description: Optional[str] = None
-    source: str = field(default="<dict>", compare=False)  # the file, for messages
+class SweepSpec(_Section):
+    """A clsweep sweep file, validated; the sections are the file's keys, in order."""
+
+    shapes: ClassVar[dict[str, tuple[str, str]]] = {  # what the required keys must be
+        "name": ("must name the sweep (it names its storage folder)",
+                 "letters, digits, '_', '-', '.', starting with a letter or digit"),
+        "base": ("must be an ExperimentConfig mapping", "benchmark, model, strategy, train, seed (as `clsweep train` "
+                                                       "reads)"),
+        "search": ("must map config fields to distributions",
+                   "e.g. {train.lr: {dist: loguniform, low: 1.0e-3, high: 0.1}}"),
+    }
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="names the storage folder and the MLflow "
+                                                                  "experiment")]
+    description: Optional[Str] = None
+    base: dict  # the ExperimentConfig mapping as written (searched fields may be absent); clcore validates it
+    search: Annotated[dict[str, AnyDistribution], Field(min_length=1)]
+    objective: Objective = Field(default_factory=Objective)
+    algorithm: Algorithm = Field(default_factory=Algorithm)
+    scheduler: Annotated[AnyScheduler, BeforeValidator(
+        _scheduler_by_name, json_schema_input_type=Union[Literal[tuple(SCHEDULERS)], AnyScheduler])
+    ] = Field(default_factory=lambda: Fifo(name="fifo"))
+    resources: Resources = Field(default_factory=Resources)
+    storage: Storage = Field(default_factory=Storage)
+    max_failures: _kind(int, ge=0) = 1  # retries of a crashed trial, from its last task checkpoint
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    _source: str = PrivateAttr("<dict>")  # the file, for messages
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        """``tracking:`` with nothing after it (YAML's null) means the section's defaults."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items()
+                    if not (v is None and k in cls.model_fields and not cls.model_fields[k].is_required())}
+        return data
+
+    def __eq__(self, other) -> bool:  # the same sweep, wherever it was read from
+        return isinstance(other, SweepSpec) and self.model_dump() == other.model_dump()
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     # -------------------------------------------------------------- trials
     def trial_config(self, params: dict[str, Any]) -> ExperimentConfig:
@@ -254,36 +394,36 @@ class SweepSpec:
     @classmethod
     def from_dict(cls, data: dict, *, source: str = "<dict>",
                   overrides: Optional[list[str] | dict[str, Any]] = None) -> "SweepSpec":
-        """Build and validate a spec; ``overrides`` are ``--set`` pairs (``["train.lr=0.1"]`` or a dict)."""
+        """Build and validate a spec; ``overrides`` are ``--set`` pairs (``["train.lr=0.1"]`` or a dict).
+
+        The file's shape (keys, types, names, bounds of one value) is checked by the models above;
+        the rules between fields and against the base config by `_Rules`."""
         if not isinstance(data, dict):
             raise SpecError(source, "<file>", "a sweep file must be a YAML mapping", ", ".join(SECTIONS))
         data = copy.deepcopy(data)
         pairs = overrides.items() if isinstance(overrides, dict) else (_parse(source, o) for o in overrides or ())
         for key, value in pairs:
             apply_override(data, key, value, source)
-        return _Validator(source).spec(data)
+        try:
+            spec = cls.model_validate(data)
+        except ValidationError as error:
+            raise _spec_error(source, error) from None
+        spec._source = source
+        _Rules(source).check(spec)
+        return spec
 
     def to_dict(self) -> dict:
         """The spec as a YAML-ready mapping; `from_dict` of it gives an equal spec."""
-        out = {"name": self.name}
-        if self.description is not None:
-            out["description"] = self.description
-        out["base"] = copy.deepcopy(self.base)
-        out["search"] = {k: d.to_dict() for k, d in self.search.items()}
-        out["objective"] = dataclasses.asdict(self.objective)
-        out["algorithm"] = dataclasses.asdict(self.algorithm)
-        out["scheduler"] = {"name": self.scheduler.name, **self.scheduler.settings()}
-        for name in ("resources", "storage"):
-            out[name] = dataclasses.asdict(getattr(self, name))
-        out["max_failures"] = self.max_failures
-        out["tracking"] = dataclasses.asdict(self.tracking)
-        return out
+        return self.model_dump(exclude={"description"} if self.description is None else set())
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
             Path(path).write_text(text)
         return text
+
+
+SECTIONS = tuple(SweepSpec.model_fields)
 
 
 def load_spec(path: str | Path, overrides: Optional[list[str] | dict[str, Any]] = None) -> SweepSpec:
@@ -336,7 +476,8 @@ def apply_override(data: dict, key: str, value: Any, source: str = "<dict>") -> 
     ``search.<path>`` sets (or with null removes) a distribution and ``search.<path>.<setting>``
     one of its settings; ``<section>.<setting>`` sets a sweep setting and ``<section>`` replaces a
     whole section (``scheduler=fifo`` is short for ``scheduler={name: fifo}``); a config field
-    such as ``train.lr`` is fixed in ``base`` and leaves the search space.
+    such as ``train.lr`` is fixed in ``base`` and leaves the search space and every point to evaluate
+    (a point left with no value is dropped).
     """
     head, _, rest = key.partition(".")
     if head == "search" and rest:
@@ -365,71 +506,139 @@ def apply_override(data: dict, key: str, value: Any, source: str = "<dict>") -> 
         section = data.get(head)
         data[head] = section = dict(section) if isinstance(section, dict) else ({"name": section} if section else {})
         section[rest] = value
-    elif key in config_paths():
+    elif key in config_paths():  # fixed: it leaves the search space and the points to evaluate
         set_path(data.setdefault("base", {}), key, value)
         if isinstance(data.get("search"), dict):
             data["search"].pop(key, None)
+        algorithm = data.get("algorithm")
+        if isinstance(algorithm, dict) and isinstance(algorithm.get("points_to_evaluate"), list):
+            points = [{k: v for k, v in p.items() if k != key} if isinstance(p, dict) else p
+                      for p in algorithm["points_to_evaluate"]]
+            algorithm["points_to_evaluate"] = [p for p in points if p != {}] or None
     else:
         raise SpecError(source, key, "is neither a sweep setting nor a config field",
                         "a section (" + ", ".join(SECTIONS) + "), <section>.<setting>, search.<field>, "
                         "base.<field>, or a config field such as train.lr")
 
 
-# ------------------------------------------------------------------------------ validation
-class _Validator:
+# ------------------------------------------------------------------------------ shape errors
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}  # pydantic's error type -> its constraint and sign
+
+
+def _spec_error(source: str, error: ValidationError) -> SpecError:
+    """pydantic's first complaint as ``<file>: <field>: <problem>; allowed: ...``. An unknown key
+    is told first, as it often explains the rest (a misspelt setting is also a missing one)."""
+    detail = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+    kind, loc, value, context = detail["type"], detail["loc"], detail.get("input"), detail.get("ctx") or {}
+    model, union, tag, path = _locate(loc)
+    key = loc[-1] if loc else None
+    fail = functools.partial(SpecError, source)
+    if kind == "extra_forbidden":
+        return fail(path, *model.unknown(tag))
+    if kind == "union_tag_invalid":
+        return fail(f"{path}.{_member_tag(union[0])}", f"unknown {union[0].noun} {context['tag']!r}",
+                    ", ".join(_tags(union)))
+    if kind == "value_error" and isinstance(context.get("error"), ConfigError):  # clcore's reading, or a rule
+        cause = context["error"]
+        problem = cause.message.removesuffix(f"; allowed: {cause.allowed}") if cause.allowed else cause.message
+        return fail(path, problem, cause.allowed)
+    if kind == "literal_error":
+        choices = typing.get_args(_unwrap(model.model_fields[key].annotation))
+        title = model.model_fields[key].title
+        return fail(path, f"unknown {title} {value!r}" if title else f"got {value!r}", ", ".join(map(str, choices)))
+    if kind in _BOUNDS:
+        constraint, sign = _BOUNDS[kind]
+        number = "an integer" if isinstance(value, int) else "a number"
+        return fail(path, f"got {value!r}", f"{number} {sign} {context[constraint]}")
+    if kind == "missing" and model is not None and issubclass(model, Distribution):
+        return fail(path.rpartition(".")[0], f"{tag} needs {key}", ", ".join(model.setting_names()))
+    if union and tag is None and kind != "missing":  # a tagged union's value that is not a mapping
+        tag_key = _member_tag(union[0])
+        return fail(path, f"must be a {union[0].noun} mapping with a {tag_key!r}, got {value!r}",
+                    f"{{{tag_key}: {' | '.join(_tags(union))}, ...}}")
+    shape = SweepSpec.shapes.get(path) if model is SweepSpec else None
+    if shape is not None:
+        return fail(path, f"{shape[0]}, got {value if kind != 'missing' else None!r}", shape[1])
+    if kind == "missing":
+        return fail(path, "is required")
+    if kind == "too_short":
+        return fail(path, f"must not be empty, got {value!r}")
+    return fail(path, f"{detail['msg'].replace('Input should be', 'must be')}, got {value!r}")
+
+
+def _member_tag(model: type) -> str:
+    """The key a tagged union's member is told apart by."""
+    return "dist" if "dist" in model.model_fields else "name"
+
+
+def _tags(union: tuple) -> list[str]:
+    return [t for member in union for t in typing.get_args(member.model_fields[_member_tag(member)].annotation)]
+
+
+def _unwrap(kind):
+    """``Optional[X]`` and ``Annotated[X, ...]`` -> ``X``."""
+    while True:
+        if typing.get_origin(kind) is Annotated:
+            kind = typing.get_args(kind)[0]
+        elif typing.get_origin(kind) is Union and type(None) in typing.get_args(kind):
+            rest = [a for a in typing.get_args(kind) if a is not type(None)]
+            kind = rest[0] if len(rest) == 1 else Union[tuple(rest)]
+        else:
+            return kind
+
+
+def _locate(loc: tuple) -> tuple[Optional[type], tuple, Optional[str], str]:
+    """Where a pydantic error's ``loc`` points: the model holding the last key, the tagged union
+    passed on the way (its members), the union member's tag, and the dotted field path."""
+    kind: Any = SweepSpec
+    model, union, tag, path = None, (), None, ""
+    for part in loc:
+        kind = _unwrap(kind)
+        if typing.get_origin(kind) is Union:  # a tagged union: this part is the tag
+            union, tag = typing.get_args(kind), part
+            kind = next(m for m in union if part in typing.get_args(m.model_fields[_member_tag(m)].annotation))
+            continue
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            model = kind
+            kind = kind.model_fields[part].annotation if part in kind.model_fields else None
+        elif typing.get_origin(kind) is dict:
+            kind = typing.get_args(kind)[1]
+        elif typing.get_origin(kind) is list:
+            kind = typing.get_args(kind)[0]
+            path += f"[{part}]"
+            continue
+        path = f"{path}.{part}" if path else str(part)
+    if typing.get_origin(_unwrap(kind)) is Union:  # ends at a tagged union: its value was not a mapping
+        union = typing.get_args(_unwrap(kind))
+    return model, union, tag, path
+
+
+# ------------------------------------------------------------------------------ rules between fields
+class _Rules:
+    """What the models cannot say: distributions against the fields they search and the base config,
+    settings that depend on each other or on ``benchmark.n_tasks``; fills defaults that depend on them."""
+
     def __init__(self, source: str):
         self.source = source
 
     def error(self, field_path: str, problem: str, allowed: Optional[str] = None) -> SpecError:
         return SpecError(self.source, field_path, problem, allowed)
 
-    def section(self, cls, data, name: str):
-        if data is None:
-            return cls()
-        try:
-            return build_typed(cls, data, name + ".")
-        except ConfigError as error:
-            raise self.error(error.field, error.message) from None
-
-    def spec(self, data: dict) -> SweepSpec:
-        unknown = [k for k in data if k not in SECTIONS]
-        if unknown:
-            raise self.error(str(unknown[0]), "unknown key", ", ".join(SECTIONS))
-        name = data.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise self.error("name", f"must name the sweep (it names its storage folder), got {name!r}",
-                             "letters, digits, '_', '-', '.', starting with a letter or digit")
-        description = data.get("description")
-        if description is not None and not isinstance(description, str):
-            raise self.error("description", f"must be a string, got {description!r}")
-        base = data.get("base")
-        if not isinstance(base, dict):
-            raise self.error("base", f"must be an ExperimentConfig mapping, got {base!r}",
-                             "benchmark, model, strategy, train, seed (as `clsweep train` reads)")
-        search = self.search(data.get("search"))
-        first = self.check_values(base, search)
-        n_tasks = first.benchmark.n_tasks
-        objective = self.objective(data.get("objective"), first, search)
-        algorithm = self.algorithm(data.get("algorithm"), search, base, first)
-        scheduler = self.scheduler(data.get("scheduler"), search, algorithm, n_tasks)
-        resources = self.resources(data.get("resources"), first, search)
-        storage = self.storage(data.get("storage"), scheduler)
-        max_failures = data.get("max_failures", 1)
-        if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
-            raise self.error("max_failures", f"got {max_failures!r}", "an integer >= 0 (retries per trial)")
-        tracking = self.section(TrackingSpec, data.get("tracking"), "tracking")
-        return SweepSpec(name, base, search, objective, algorithm, scheduler, resources, storage, max_failures,
-                         tracking, description, self.source)
+    def check(self, spec: SweepSpec) -> None:
+        self.search(spec.search)
+        first = self.check_values(spec.base, spec.search)
+        self.objective(spec.objective, first, spec.search)
+        self.algorithm(spec.algorithm, spec.search, first)
+        self.scheduler(spec.scheduler, spec.search, spec.algorithm, first.benchmark.n_tasks)
+        self.resources(spec.resources, first, spec.search)
+        self.storage(spec.storage, spec.scheduler)
 
     # -------------------------------------------------------------- search
-    def search(self, data) -> dict[str, Distribution]:
-        if not isinstance(data, dict) or not data:
-            raise self.error("search", f"must map config fields to distributions, got {data!r}",
-                             "e.g. {train.lr: {dist: loguniform, low: 1.0e-3, high: 0.1}}")
+    def search(self, search: dict[str, Distribution]) -> None:
         paths = config_paths()
         searchable = [p for p in paths if p not in NOT_SEARCHABLE]
-        out = {}
-        for key, spec in data.items():
+        for key, d in search.items():
             where = f"search.{key}"
             if key in NOT_SEARCHABLE:
                 raise self.error(where, "cannot be searched: a sweep loads one dataset, shares it between its "
@@ -439,29 +648,13 @@ class _Validator:
                 close = difflib.get_close_matches(str(key), searchable, n=3)
                 hint = f" (did you mean {' or '.join(close)}?)" if close else ""
                 raise self.error(where, f"is not a config field{hint}", ", ".join(searchable))
-            out[key] = self.distribution(where, spec, field_kind(key))
-        return out
+            self.distribution(where, d, field_kind(key))
 
-    def distribution(self, where: str, data, kind: str) -> Distribution:
-        if not isinstance(data, dict) or "dist" not in data:
-            raise self.error(where, f"must be a distribution mapping with a 'dist', got {data!r}",
-                             "{dist: " + " | ".join(DISTRIBUTIONS) + ", ...}")
-        if data["dist"] not in DISTRIBUTIONS:
-            raise self.error(where + ".dist", f"unknown distribution {data['dist']!r}", ", ".join(DISTRIBUTIONS))
-        d = self.section(Distribution, data, where)
-        settings = DISTRIBUTIONS[d.dist]
-        for key in ("low", "high", "q", "values"):
-            present = getattr(d, key) is not None
-            if present and key not in settings:
-                raise self.error(f"{where}.{key}", f"is not a setting of {d.dist}", ", ".join(settings))
-            if not present and key in settings:
-                raise self.error(where, f"{d.dist} needs {key}", ", ".join(settings))
+    def distribution(self, where: str, d: Distribution, kind: str) -> None:
         if d.discrete:
-            if not isinstance(d.values, list) or not d.values:
-                raise self.error(f"{where}.values", f"must be a non-empty list, got {d.values!r}", "a list of values")
             if len({repr(v) for v in d.values}) < len(d.values):
                 raise self.error(f"{where}.values", f"has repeated values: {d.values!r}", "distinct values")
-            return d
+            return
         if kind not in ("int", "float"):
             raise self.error(where, f"{d.dist} draws numbers but this field holds a {kind}", "choice, grid")
         if not d.low < d.high:
@@ -486,8 +679,8 @@ class _Validator:
                                  "randint, choice, grid, or quniform/qloguniform with integer low, high and q")
         if integral and (kind == "int" or d.dist == "randint"):
             d.low, d.high = int(d.low), int(d.high)
-            d.q = None if d.q is None else int(d.q)
-        return d
+            if d.q is not None:
+                d.q = int(d.q)
 
     def check_values(self, base: dict, search: dict[str, Distribution]) -> ExperimentConfig:
         """Every candidate value of every distribution, with the others at their first value, must
@@ -526,15 +719,8 @@ class _Validator:
         d = search.get(key)
         return list(d.values) if d is not None and d.discrete else [first_value]
 
-    def objective(self, data, first: ExperimentConfig, search: dict[str, Distribution]) -> Objective:
-        objective = self.section(Objective, data, "objective")
+    def objective(self, objective: Objective, first: ExperimentConfig, search: dict[str, Distribution]) -> None:
         metric = objective.metric
-        if metric.startswith("test_"):
-            raise self.error("objective.metric", f"{metric!r} is measured on test data; a sweep selects on "
-                                                 f"validation data so that the test score stays unbiased",
-                             ", ".join(OBJECTIVES))
-        if metric not in OBJECTIVES:
-            raise self.error("objective.metric", f"unknown metric {metric!r}", ", ".join(OBJECTIVES))
         for scenario in self.values_of("benchmark.scenario", first.benchmark.scenario, search):
             if metric.removeprefix("val_") in UNMEASURABLE.get(scenario, ()):
                 raise self.error("objective.metric", f"{metric!r} is not measured in the {scenario}-incremental "
@@ -545,23 +731,13 @@ class _Validator:
             raise self.error("base.benchmark.val_fraction", f"is 0: no validation data for the objective {metric!r}",
                              "a fraction in (0, 1), e.g. 0.1")
         objective.mode = objective.mode or OBJECTIVES[metric]
-        if objective.mode not in ("max", "min"):
-            raise self.error("objective.mode", f"got {objective.mode!r}", "max, min")
-        return objective
 
-    def algorithm(self, data, search: dict[str, Distribution], base: dict, first: ExperimentConfig) -> Algorithm:
-        a = self.section(Algorithm, data, "algorithm")
-        if a.name not in ALGORITHMS:
-            raise self.error("algorithm.name", f"unknown search algorithm {a.name!r}", ", ".join(ALGORITHMS))
+    def algorithm(self, a: Algorithm, search: dict[str, Distribution], first: ExperimentConfig) -> None:
         if a.num_samples is None:
             if a.name != "grid":
                 raise self.error("algorithm.num_samples", f"{a.name} needs the number of trials",
                                  "an integer >= 1")
             a.num_samples = 1
-        if a.num_samples < 1:
-            raise self.error("algorithm.num_samples", f"got {a.num_samples}", "an integer >= 1")
-        if a.max_concurrent is not None and a.max_concurrent < 1:
-            raise self.error("algorithm.max_concurrent", f"got {a.max_concurrent}", "an integer >= 1, or null")
         if a.name != "optuna":
             for key in ("sampler", "n_startup_trials"):
                 if getattr(a, key) is not None:
@@ -569,9 +745,7 @@ class _Validator:
                                      "num_samples, max_concurrent, seed, points_to_evaluate")
         else:
             a.sampler = a.sampler or "tpe"
-            if a.sampler not in SAMPLERS:
-                raise self.error("algorithm.sampler", f"unknown optuna sampler {a.sampler!r}", ", ".join(SAMPLERS))
-            if a.n_startup_trials is not None and (a.sampler != "tpe" or a.n_startup_trials < 1):
+            if a.n_startup_trials is not None and a.sampler != "tpe":
                 raise self.error("algorithm.n_startup_trials", f"got {a.n_startup_trials} with sampler {a.sampler}",
                                  "an integer >= 1, with sampler tpe")
         grid = [k for k, d in search.items() if d.dist == "grid"]
@@ -594,7 +768,6 @@ class _Validator:
                                  "points_to_evaluate with optuna or random")
         for i, point in enumerate(a.points_to_evaluate or []):
             self.point(f"algorithm.points_to_evaluate[{i}]", point, search, first)
-        return a
 
     def point(self, where: str, point, search: dict[str, Distribution], first: ExperimentConfig) -> None:
         if not isinstance(point, dict) or not point:
@@ -615,49 +788,24 @@ class _Validator:
         except ConfigError as error:
             raise self.error(where, f"makes an invalid config: {error}") from None
 
-    def scheduler(self, data, search: dict[str, Distribution], algorithm: Algorithm, n_tasks: int) -> Scheduler:
-        if isinstance(data, str):
-            data = {"name": data}
-        s = self.section(Scheduler, data, "scheduler")
-        if s.name not in SCHEDULERS:
-            raise self.error("scheduler.name", f"unknown scheduler {s.name!r}", ", ".join(SCHEDULERS))
-        defaults = SCHEDULERS[s.name]
-        for f in dataclasses.fields(Scheduler):
-            if f.name == "name":
-                continue
-            if f.name not in defaults and getattr(s, f.name) is not None:
-                raise self.error(f"scheduler.{f.name}", f"is not a setting of scheduler {s.name!r}",
-                                 ", ".join(defaults) or "none (to switch schedulers from the command line, "
-                                                         "replace the section: --set scheduler=fifo)")
-            if f.name in defaults and getattr(s, f.name) is None:
-                setattr(s, f.name, copy.copy(defaults[f.name]))
-        tasks = f"tasks seen, 1..{n_tasks} (benchmark.n_tasks)"
-        if s.grace_period is not None and not 1 <= s.grace_period <= n_tasks:
-            raise self.error("scheduler.grace_period", f"got {s.grace_period}", tasks)
-        if s.reduction_factor is not None and s.reduction_factor <= 1:
-            raise self.error("scheduler.reduction_factor", f"got {s.reduction_factor}", "a number > 1")
-        if s.brackets is not None and s.brackets < 1:
-            raise self.error("scheduler.brackets", f"got {s.brackets}", "an integer >= 1")
-        if s.min_samples_required is not None and s.min_samples_required < 1:
-            raise self.error("scheduler.min_samples_required", f"got {s.min_samples_required}", "an integer >= 1")
-        if s.name == "pbt":
+    def scheduler(self, s: Scheduler, search: dict[str, Distribution], algorithm: Algorithm, n_tasks: int) -> None:
+        grace_period = getattr(s, "grace_period", None)
+        if grace_period is not None and grace_period > n_tasks:
+            raise self.error("scheduler.grace_period", f"got {grace_period}",
+                             f"tasks seen, 1..{n_tasks} (benchmark.n_tasks)")
+        if isinstance(s, Pbt):
             self.pbt(s, search, algorithm, n_tasks)
-        return s
 
-    def pbt(self, s: Scheduler, search: dict[str, Distribution], algorithm: Algorithm, n_tasks: int) -> None:
+    def pbt(self, s: Pbt, search: dict[str, Distribution], algorithm: Algorithm, n_tasks: int) -> None:
         if algorithm.name == "optuna":
             raise self.error("scheduler.name", "pbt explores by itself and cannot follow optuna's suggestions",
                              "algorithm random (the initial population) or grid with pbt")
-        if not 1 <= s.perturbation_interval < n_tasks:
+        if s.perturbation_interval >= n_tasks:
             raise self.error("scheduler.perturbation_interval",
                              f"got {s.perturbation_interval}; pbt can only exploit between tasks",
                              f"1..{n_tasks - 1} tasks (benchmark.n_tasks is {n_tasks})")
-        if not 0 <= s.burn_in_period < n_tasks:
+        if s.burn_in_period >= n_tasks:
             raise self.error("scheduler.burn_in_period", f"got {s.burn_in_period}", f"0..{n_tasks - 1} tasks")
-        if not 0 < s.quantile_fraction <= 0.5:
-            raise self.error("scheduler.quantile_fraction", f"got {s.quantile_fraction}", "(0, 0.5]")
-        if not 0 <= s.resample_probability <= 1:
-            raise self.error("scheduler.resample_probability", f"got {s.resample_probability}", "[0, 1]")
         can_mutate = mutable_paths()
         mutable = [k for k, d in search.items() if k in can_mutate and d.dist != "grid"]
         if s.mutate is None:
@@ -676,10 +824,7 @@ class _Validator:
             raise self.error("search", "pbt needs at least one key it can mutate in a running trial",
                              ", ".join(can_mutate) + " (with a range or choice)")
 
-    def storage(self, data, scheduler: Scheduler) -> Storage:
-        storage = self.section(Storage, data, "storage")
-        if not storage.path:
-            raise self.error("storage.path", "must not be empty", "a directory path")
+    def storage(self, storage: Storage, scheduler: Scheduler) -> None:
         if _URI.match(storage.path):
             raise self.error("storage.path", f"{storage.path!r} is a URI; sweeps keep their storage in a directory "
                                              f"that the driver and every Ray node can read (a cluster's shared "
@@ -694,16 +839,9 @@ class _Validator:
                                  f"Ray Tune deletes them too early when their number is limited", "null with pbt")
         elif storage.checkpoints_to_keep is None:
             storage.checkpoints_to_keep = 2
-        elif storage.checkpoints_to_keep < 1:
-            raise self.error("storage.checkpoints_to_keep", f"got {storage.checkpoints_to_keep}",
-                             "an integer >= 1, or null for all")
-        return storage
 
-    def resources(self, data, first: ExperimentConfig, search: dict[str, Distribution]) -> Resources:
-        r = self.section(Resources, data, "resources")
-        if r.cpu <= 0:
-            raise self.error("resources.cpu", f"got {r.cpu}", "a number > 0 (fractions share a CPU)")
-        if r.gpu < 0 or (r.gpu > 1 and not float(r.gpu).is_integer()):
+    def resources(self, r: Resources, first: ExperimentConfig, search: dict[str, Distribution]) -> None:
+        if r.gpu > 1 and not float(r.gpu).is_integer():
             raise self.error("resources.gpu", f"got {r.gpu}", "0, a fraction in (0, 1], or a whole number")
         device = first.train.device
         if r.gpu > 0 and device == "cpu":
@@ -716,7 +854,6 @@ class _Validator:
             raise self.error("base.train.amp" if "train.amp" not in search else "search.train.amp",
                              "bf16 autocast runs on CUDA only, and resources.gpu is 0: trials would run on CPU",
                              "amp false, or resources.gpu > 0")
-        return r
 
 
 __all__ = ["SweepSpec", "SpecError", "Distribution", "load_spec", "apply_override", "encode_value", "decode_value",

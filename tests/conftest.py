@@ -68,3 +68,19 @@ def mnist_raw(mnist_dir):
                                                        "download": False}}).benchmark
     return load_raw(config)
 
+
+
+def assert_penalty_grad_is_autograd(strategy, model) -> None:
+    """Move ``model`` off the anchor, then the strategy's hand-written penalty gradient must equal
+    autograd's gradient of its penalty value (the one-backward contract adds the former)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    value = strategy.penalty(model)
+    assert float(value.detach()) > 0
+    want = torch.autograd.grad(value, list(model.parameters()))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    strategy.add_penalty_grad(model)
+    for p, g in zip(model.parameters(), want):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7 * float(g.abs().max()) + 1e-12)

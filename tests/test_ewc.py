@@ -367,3 +367,10 @@ def test_huge_lambda_stops_the_run_in_the_second_task():
         run(config)
     assert (err.value.task, err.value.epoch) == (1, 0)
     assert "task 1, epoch 0" in str(err.value) and "lambda" in str(err.value)
+
+
+def test_the_declared_fisher_choices_are_the_estimators_fisher_implements():
+    """The declaration is literal (the catalogue reads it without torch); it must name what exists."""
+    from clcore import fisher
+
+    assert EWC.params["fisher"].choices == fisher.ESTIMATORS

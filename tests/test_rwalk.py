@@ -18,7 +18,7 @@ from clcore.strategies import build_strategy
 from clcore.strategies.rwalk import RWalk
 from clcore.train import run
 
-from conftest import small_config
+from conftest import assert_penalty_grad_is_autograd, small_config
 
 EPS = torch.finfo(torch.float32).eps
 
@@ -222,17 +222,7 @@ def test_penalty_gradient_is_the_gradient_of_the_penalty(monkeypatch):
     seen = capture(monkeypatch)
     run(small_config(strategy={"name": "rwalk", "lambda": 3.0}, benchmark={"n_tasks": 2}))
     model, rwalk = seen["model"], seen["strategy"]
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    value = rwalk.penalty(model)
-    want = torch.autograd.grad(value, list(model.parameters()))
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    rwalk.add_penalty_grad(model)
-    assert float(value.detach()) > 0
-    for p, g in zip(model.parameters(), want):
-        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7 * float(g.abs().max()) + 1e-12)
+    assert_penalty_grad_is_autograd(rwalk, model)
 
 
 # ------------------------------------------------------------------------------ state
@@ -316,3 +306,8 @@ def test_config_builds_the_strategy_it_names():
     assert (rwalk.lambda_, rwalk.alpha, rwalk.delta_t, rwalk.score_clip) == (0.1, 0.9, 10, "average")
     authors = build_strategy(config.with_overrides({"strategy.score_clip": "interval"}).strategy)
     assert authors.score_clip == "interval"
+
+
+def test_the_declared_score_clips_are_the_ones_rwalk_implements():
+    """The declaration is literal (the catalogue reads it without torch); it must name what exists."""
+    assert RWalk.params["score_clip"].choices == tuple(RWalk.SCORE_CLIPS)

@@ -26,11 +26,12 @@ SCHEMA_LINE = "# yaml-language-server: $schema=../docs/sweep.schema.json"
 # The others break a rule between fields (a bound against the field it searches, pbt against optuna, ...)
 # or are not UTF-8 YAML at all; `load_spec` rejects every one of them (tests/test_spec.py).
 STRUCTURAL = {
-    "bad_name", "base_unknown_key", "distribution_extra_setting", "distribution_missing_setting",
-    "distribution_not_a_mapping", "empty_search", "missing_base", "negative_max_failures", "not_a_config_field",
-    "objective_bad_mode", "search_benchmark_name", "search_n_tasks", "setting_of_another_scheduler",
+    "asha_reduction_factor_one", "bad_name", "base_unknown_key", "distribution_extra_setting",
+    "distribution_missing_setting", "distribution_not_a_mapping", "empty_search", "missing_base", "mlflow_not_bool",
+    "negative_max_failures", "not_a_config_field", "objective_bad_mode", "pbt_quantile_above_half",
+    "scheduler_not_a_mapping", "search_benchmark_name", "search_n_tasks", "setting_of_another_scheduler",
     "storage_unknown_key", "test_objective", "unknown_algorithm", "unknown_distribution", "unknown_objective",
-    "unknown_scheduler", "unknown_section",
+    "unknown_sampler", "unknown_scheduler", "unknown_section", "values_empty", "zero_cpus"
 }
 
 

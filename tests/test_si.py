@@ -14,7 +14,7 @@ from clcore.strategies import build_strategy
 from clcore.strategies.si import SI
 from clcore.train import run, train_step
 
-from conftest import small_config
+from conftest import assert_penalty_grad_is_autograd, small_config
 from test_rwalk import Toy, capture, toy_step, toy_task
 
 
@@ -108,16 +108,7 @@ def test_penalty_gradient_is_the_gradient_of_the_penalty_in_a_run(monkeypatch):
     result = run(small_config(strategy={"name": "si", "lambda": 3.0}, benchmark={"n_tasks": 2}))
     model, si = seen["model"], seen["strategy"]
     assert result.history[-1]["penalty"] > 0 and result.history[-1]["importance_norm"] > 0
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    value = si.penalty(model)
-    want = torch.autograd.grad(value, list(model.parameters()))
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    si.add_penalty_grad(model)
-    for p, g in zip(model.parameters(), want):
-        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7 * float(g.abs().max()) + 1e-12)
+    assert_penalty_grad_is_autograd(si, model)
 
 
 def test_state_dict_round_trip_and_resume_give_the_uninterrupted_result():

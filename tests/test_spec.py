@@ -113,6 +113,17 @@ def test_defaults_and_normalisation():
     assert spec.experiment_path == Path("ray_results").resolve() / "small"
 
 
+def test_an_empty_section_is_its_defaults_and_a_nameless_scheduler_is_fifo():
+    spec = SweepSpec.from_dict(small(objective=None, resources=None, storage=None, tracking=None, scheduler=None))
+    default = SweepSpec.from_dict({k: v for k, v in small().items() if k != "scheduler"})
+    assert spec == default and spec.scheduler.name == "fifo" and spec.tracking.mlflow is False
+    assert SweepSpec.from_dict(small(scheduler="asha")).scheduler.grace_period == 1
+    with pytest.raises(SpecError, match="scheduler.grace_period: is not a setting of scheduler 'fifo'"):
+        SweepSpec.from_dict(small(scheduler={"grace_period": 2}))
+    with pytest.raises(SpecError, match=r"description: must be a string, got 3$"):
+        SweepSpec.from_dict(small(description=3))
+
+
 def test_yaml_exponents_and_integer_fields_are_normalised():
     data = small()
     data["search"]["strategy.lambda"] = {"dist": "loguniform", "low": "1e0", "high": "1e10"}  # YAML 1.1 strings
@@ -139,6 +150,17 @@ def test_overrides_reach_every_part_of_a_sweep():
     assert "train.lr" not in spec.search and spec.base["train"]["lr"] == 0.05  # fixed, no longer searched
     assert spec.search["strategy.lambda"].high == 1e4
     assert spec.example_config().train.epochs == 2 and spec.name == "other" and spec.resources.cpu == 0.5
+
+
+def test_fixing_a_searched_field_drops_it_from_the_points_to_evaluate():
+    points = [{"strategy.lambda": 100.0, "train.lr": 0.01}, {"train.lr": 0.1}]
+    spec = SweepSpec.from_dict(small(algorithm={"name": "optuna", "num_samples": 8, "points_to_evaluate": points}),
+                               overrides=["train.lr=0.001"])
+    assert "train.lr" not in spec.search and spec.example_config().train.lr == 0.001
+    assert spec.algorithm.points_to_evaluate == [{"strategy.lambda": 100.0}]
+    spec = SweepSpec.from_dict(small(algorithm={"name": "optuna", "num_samples": 8, "points_to_evaluate": points}),
+                               overrides=["train.lr=0.001", "strategy.lambda=10"])
+    assert spec.algorithm.points_to_evaluate is None
 
 
 def test_override_errors_name_the_key():
