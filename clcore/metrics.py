@@ -25,6 +25,17 @@ def average_accuracy(R: Matrix) -> float:
     return sum(R[i][: i + 1]) / (i + 1)
 
 
+def accuracy_current_task(R: Matrix) -> float:
+    """R[i][i]: the accuracy on the task just learned (plasticity; a model that stopped learning is at chance)."""
+    i = len(R) - 1
+    return R[i][i]
+
+
+def min_accuracy_current_task(R: Matrix) -> float:
+    """min_{k<=i} R[k][k]: the lowest accuracy any task had right after it was learned."""
+    return min(R[k][k] for k in range(len(R)))
+
+
 def forgetting(R: Matrix) -> float:
     """Average forgetting (Chaudhry et al. 2018, eq. 2-3) after the last row i.
 
@@ -73,6 +84,8 @@ def summary(R: Matrix, initial: Sequence[float] | None = None, reference: Sequen
         "average_accuracy": average_accuracy(R),
         "forgetting": forgetting(R),
         "bwt": backward_transfer(R),
+        "accuracy_current_task": accuracy_current_task(R),
+        "min_accuracy_current_task": min_accuracy_current_task(R),
     }
     if initial is not None:
         out["fwt"] = forward_transfer(R, initial)

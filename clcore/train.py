@@ -232,7 +232,6 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
         task_metrics = {
             **{f"val_{k}": v for k, v in M.summary(val_rows, initial_val, reference_accuracy, scenario).items()},
             **{f"test_{k}": v for k, v in M.summary(test_rows, initial_test, scenario=scenario).items()},
-            "val_accuracy_current_task": val_rows[-1][t],
             "task_loss": task_loss,
             "penalty": mean_penalty,
             "penalty_to_loss_ratio": mean_penalty / task_loss if task_loss > 0 else 0.0,

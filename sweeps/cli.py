@@ -185,15 +185,19 @@ def format_matrix(name: str, matrix: list[list[float]], indent: str = "") -> str
 
 
 def format_trials(state) -> str:
-    """One line per trial: id, outcome, tasks, objective, searched values, error."""
+    """One line per trial, complete ones ranked best first: rank, id, outcome, the objective with the
+    tasks it was measured after, searched values; then errors. Only complete trials get a rank."""
+    from sweeps.storage import Outcome
+
     metric = state.spec.objective.metric
     keys = list(state.spec.search)
-    header = ["trial", "outcome", "tasks", metric, *keys]
+    header = ["rank", "trial", "outcome", f"{metric} (after tasks)", *keys]
     rows = []
-    for t in state.trials:
+    for rank, t in enumerate(state.ranked(), 1):
         value = t.last.get(metric)
-        rows.append([t.trial_id, t.outcome, f"{t.tasks_seen}/{t.n_tasks}",
-                     "" if value is None else f"{value:.4f}", *(_short(t.params.get(k)) for k in keys)])
+        score = "" if value is None else f"{value:.4f} ({t.tasks_seen}/{t.n_tasks})"
+        rows.append([rank if t.outcome == Outcome.COMPLETE else "-", t.trial_id, t.outcome, score,
+                     *(_short(t.params.get(k)) for k in keys)])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines += [f"{t.trial_id}: {t.error}" for t in state.trials if t.error]
@@ -202,7 +206,7 @@ def format_trials(state) -> str:
 
 def format_summary(state, table: bool = True) -> str:
     """Counts, the best trial (config, accuracy matrices, where its results are), what to run next."""
-    from sweeps.storage import BEST_CONFIG_FILE, Outcome
+    from sweeps.storage import BEST_CONFIG_FILE, Outcome, folder_bytes
 
     spec, metric = state.spec, state.spec.objective.metric
     counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(state.counts().items())) or "no trials yet"
@@ -228,7 +232,7 @@ def format_summary(state, table: bool = True) -> str:
     unfinished = sum(not t.outcome.ended for t in state.trials)
     if unfinished:
         lines.append(f"{unfinished} trials unfinished: continue with   clsweep resume {state.path}")
-    lines.append(f"storage: {state.path}   (clsweep status {state.path})")
+    lines.append(f"storage: {state.path}, {folder_bytes(state.path) / 1e6:.1f} MB   (clsweep status {state.path})")
     return "\n".join(lines)
 
 

@@ -46,8 +46,8 @@ from clcore.data import load_raw
 from sweeps import environment, localray, space
 from sweeps.ray_private import BestOfCompleteReporter, attach_callbacks
 from sweeps.spec import SweepSpec
-from sweeps.storage import (BEST_CONFIG_FILE, ERROR, FAILURE_FILE, SPEC_FILE, SUMMARY_FILE, TERMINATED, TIME_ATTR,
-                            SweepState, TrialLedger, TrialRecord, load_sweep, trial_dirname)
+from sweeps.storage import (BEST_CONFIG_FILE, CHECKPOINT_DIRS, ERROR, FAILURE_FILE, SPEC_FILE, SUMMARY_FILE, TERMINATED,
+                            TIME_ATTR, SweepState, TrialLedger, TrialRecord, load_sweep, trial_dirname)
 from sweeps.trainable import TrialLoggerFactory, run_trial
 
 # Ray settings for a readable console and lean storage; set only where the user has not. Ray
@@ -105,11 +105,36 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
     tracking = tracking or Tracking()
     raw = load_raw(spec.example_config().benchmark)
     with ray_session(address, num_cpus):
+        spec = _concurrency_fitted(spec, verbose)
         path.mkdir(parents=True, exist_ok=True)
         spec.to_yaml(path / SPEC_FILE)
         tracking.sweep_started(spec, path, resumed=False)
         tuner = _new_tuner(spec, path, raw, tracking, verbose)
         return _fit(tuner, spec, path, tracking)
+
+
+def _concurrency_fitted(spec: SweepSpec, verbose: int) -> SweepSpec:
+    """``algorithm.max_concurrent: null`` (the default) becomes the number of trials the cluster fits
+    now (`trials_that_fit`). A searcher asked for more would propose trials that only wait (TPE without
+    their results), so the number is fixed here and the stored sweep.yaml records it (a resume keeps it)."""
+    import ray
+
+    if spec.algorithm.max_concurrent is not None:
+        return spec
+    total = ray.cluster_resources()
+    limit, kind = trials_that_fit(total, spec.resources.cpu, spec.resources.gpu)
+    if verbose:
+        print(f"clsweep: {limit} trials at a time (algorithm.max_concurrent: null; the cluster has "
+              f"{total.get(kind, 0.0):g} {kind}s, {getattr(spec.resources, kind.lower()):g} per trial)", flush=True)
+    return spec.model_copy(update={"algorithm": spec.algorithm.model_copy(update={"max_concurrent": limit})})
+
+
+def trials_that_fit(total: dict[str, float], cpu: float, gpu: float) -> tuple[int, str]:
+    """How many trials of ``cpu`` CPUs and ``gpu`` GPUs the resources ``total`` (Ray's
+    ``cluster_resources()``) hold at once (at least 1), and the resource that bounds them."""
+    fits = {"CPU": total.get("CPU", 0.0) / cpu, **({"GPU": total.get("GPU", 0.0) / gpu} if gpu else {})}
+    kind = min(fits, key=fits.get)
+    return max(1, int(fits[kind] + 1e-9)), kind
 
 
 def _new_tuner(spec: SweepSpec, path: Path, raw, tracking: Tracking, verbose: int) -> tune.Tuner:
@@ -147,7 +172,7 @@ def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: O
         for trial in state.trials:  # a restart, where they had got to
             if trial.status == "ERROR":
                 (Path(trial.path) / FAILURE_FILE).unlink(missing_ok=True)
-                for checkpoint in Path(trial.path).glob("checkpoint_*") if errored == "restart" else ():
+                for checkpoint in Path(trial.path).glob(CHECKPOINT_DIRS) if errored == "restart" else ():
                     shutil.rmtree(checkpoint)
     tracking = tracking or Tracking()
     raw = load_raw(spec.example_config().benchmark)
@@ -236,6 +261,8 @@ def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking) -> SweepState:
     started = time.perf_counter()
     tuner.fit()
     state = load_sweep(path)
+    if not spec.storage.keep_ended:
+        state.prune_checkpoints()
     state.wall_seconds = time.perf_counter() - started
     (path / SUMMARY_FILE).write_text(json.dumps(state.to_summary(), indent=2, default=str))
     best = state.best()
@@ -357,4 +384,4 @@ class _OptunaSearch(OptunaSearch):
 
 
 __all__ = ["run_sweep", "resume_sweep", "load_sweep", "init_ray", "ray_session", "Tracking", "SweepState", "TrialRecord",
-           "SweepExistsError", "search_algorithm", "scheduler", "SPEC_FILE", "SUMMARY_FILE", "BEST_CONFIG_FILE"]
+           "SweepExistsError", "search_algorithm", "scheduler", "trials_that_fit", "SPEC_FILE", "SUMMARY_FILE", "BEST_CONFIG_FILE"]

@@ -12,11 +12,11 @@ A sweep file says everything about a sweep::
       strategy.lambda: {dist: loguniform, low: 1.0, high: 1.0e+10}
       train.lr: {dist: loguniform, low: 1.0e-3, high: 0.3}
     objective: {metric: val_average_accuracy, mode: max}      # a validation metric, never test
-    algorithm: {name: optuna, num_samples: 32, max_concurrent: 4, seed: 0,
+    algorithm: {name: optuna, num_samples: 32, max_concurrent: null, seed: 0,   # null: what the cluster fits
                 points_to_evaluate: [{strategy.lambda: 100.0, train.lr: 0.01}]}
     scheduler: {name: asha, grace_period: 2, reduction_factor: 2}
     resources: {cpu: 1, gpu: 0}           # per trial; fractions allowed
-    storage: {path: ./ray_results}        # checkpoints_to_keep: 2 per trial (pbt: null, all)
+    storage: {path: ./ray_results}        # checkpoints_to_keep: 2 per trial (pbt: null, all); keep_ended: false
     max_failures: 1                       # retries of a crashed trial, from its last task checkpoint
     tracking: {mlflow: false, tracking_uri: null}
 
@@ -209,7 +209,7 @@ class Objective(_Section):
 class Algorithm(_Section):
     name: Annotated[Literal[ALGORITHMS], Field(title="search algorithm")] = "optuna"
     num_samples: Optional[_kind(int, ge=1)] = None  # trials (grid: repeats of the grid, default 1)
-    max_concurrent: Optional[_kind(int, ge=1)] = 4  # null: as many as the cluster's resources allow
+    max_concurrent: Optional[_kind(int, ge=1)] = None  # null: as many as the cluster's resources fit at the start
     seed: Optional[Int] = 0
     sampler: Annotated[Optional[Literal[SAMPLERS]], Field(title="optuna sampler")] = None  # optuna: tpe (default)
     n_startup_trials: Optional[_kind(int, ge=1)] = None  # optuna's tpe only: random trials before TPE starts
@@ -290,7 +290,8 @@ class Resources(_Section):
 
 class Storage(_Section):
     path: Annotated[str, Field(min_length=1), _read(str)] = "ray_results"  # relative: from the working directory
-    checkpoints_to_keep: Optional[_kind(int, ge=1)] = None  # per trial; default 2; pbt keeps all (null)
+    checkpoints_to_keep: Optional[_kind(int, ge=1)] = None  # per trial while it runs; default 2; pbt keeps all (null)
+    keep_ended: Bool = False  # keep ended trials' checkpoints after the sweep (default: the best trial's newest only)
 
 
 class TrackingSpec(_Section):
@@ -838,7 +839,7 @@ class _Rules:
                                  f"got {storage.checkpoints_to_keep}; pbt copies checkpoints between trials, and "
                                  f"Ray Tune deletes them too early when their number is limited", "null with pbt")
         elif storage.checkpoints_to_keep is None:
-            storage.checkpoints_to_keep = 2
+            storage.checkpoints_to_keep = 2  # 1 would force an experiment snapshot after every checkpoint
 
     def resources(self, r: Resources, first: ExperimentConfig, search: dict[str, Distribution]) -> None:
         if r.gpu > 1 and not float(r.gpu).is_integer():

@@ -9,6 +9,10 @@ record, in JSON only:
                         or ended (Ray's status, error line, failures, wall time from its first start)
     trial_<id>/tasks.jsonl  written by the trial itself, one line per task (metrics, accuracy
                         matrices, node, the trial's config at that task)
+    trial_<id>/checkpoint_*/  Ray's task checkpoints: the newest (``storage.checkpoints_to_keep``,
+                        default 2) while the trial runs; when the sweep ends, only failed and
+                        unfinished trials keep theirs (a resume continues them) and the best trial
+                        its newest (`prune_checkpoints`; ``storage.keep_ended`` keeps all)
     summary.json, best_config.yaml   after the sweep
 
 `load_sweep` rebuilds every trial from these files alone, so ``clsweep status``, ``best`` and
@@ -22,6 +26,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +42,7 @@ BEST_CONFIG_FILE = "best_config.yaml"
 TASKS_FILE = "tasks.jsonl"  # in each trial's folder: one line per reported task
 FAILURE_FILE = "clsweep_failure.json"  # in a trial's folder; written by a deterministic failure
 TIME_ATTR = "tasks_seen"  # the schedulers' time axis
+CHECKPOINT_DIRS = "checkpoint_*"  # Ray's checkpoint folders in a trial's folder
 
 # Ray's trial statuses as the ledger records them.
 TERMINATED, ERROR, RUNNING, PENDING = "TERMINATED", "ERROR", "RUNNING", "PENDING"
@@ -111,16 +117,23 @@ class SweepState:
     spec: SweepSpec
     path: Path
     trials: list[TrialRecord] = field(default_factory=list)
-    wall_seconds: Optional[float] = None  # of the last run or resume
+    wall_seconds: Optional[float] = None  # of the last run or resume that ended (its summary.json)
+
+    def ranked(self) -> list[TrialRecord]:
+        """Complete trials best first, then the others by tasks seen: only complete trials' scores compare
+        (a score after 2 of 5 tasks averages over fewer tasks)."""
+        metric = self.spec.objective.metric
+        sign = -1 if self.spec.mode == "max" else 1
+        done = [t for t in self.trials if t.outcome == Outcome.COMPLETE and _finite(t.last.get(metric))]
+        rest = [t for t in self.trials if t not in done]
+        return (sorted(done, key=lambda t: sign * t.last[metric]) +
+                sorted(rest, key=lambda t: (-t.tasks_seen, t.trial_id)))
 
     def best(self) -> Optional[TrialRecord]:
         """The complete trial with the best objective (None while no trial is complete)."""
-        metric = self.spec.objective.metric
-        done = [t for t in self.trials if t.outcome == Outcome.COMPLETE and _finite(t.last.get(metric))]
-        if not done:
-            return None
-        pick = max if self.spec.mode == "max" else min
-        return pick(done, key=lambda t: t.last[metric])
+        ranked = self.ranked()
+        return ranked[0] if ranked and ranked[0].outcome == Outcome.COMPLETE and \
+            _finite(ranked[0].last.get(self.spec.objective.metric)) else None
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -136,6 +149,7 @@ class SweepState:
         return {
             "name": self.spec.name, "path": str(self.path), "objective": self.spec.objective.metric,
             "mode": self.spec.mode, "wall_seconds": self.wall_seconds, "counts": self.counts(),
+            "storage_bytes": folder_bytes(self.path),
             "best_trial": None if best is None else {
                 "trial_id": best.trial_id, "value": best.last[self.spec.objective.metric], "params": best.params,
                 "path": best.path, "val_matrix": best.last.get("val_matrix"),
@@ -146,6 +160,30 @@ class SweepState:
                         "wall_seconds": t.wall_seconds, "clcore_seconds": t.last.get("clcore_seconds"),
                         "node_id": t.last.get("node_id"), "path": t.path} for t in self.trials],
         }
+
+
+    def prune_checkpoints(self) -> int:
+        """Delete the checkpoints nothing will read again: those of trials that ended (complete or
+        stopped early; PBT copies only from running trials, and a resume does not rerun ended ones),
+        except the best trial's newest, kept for whoever wants its weights. Failed and unfinished trials
+        keep theirs: ``clsweep resume`` continues them. Returns the bytes freed."""
+        best = self.best()
+        freed = 0
+        for trial in self.trials:
+            if trial.outcome not in (Outcome.COMPLETE, Outcome.STOPPED_EARLY):
+                continue
+            folders = sorted(Path(trial.path).glob(CHECKPOINT_DIRS))
+            if best is not None and trial.trial_id == best.trial_id:
+                folders = folders[:-1]
+            for folder in folders:
+                freed += folder_bytes(folder)
+                shutil.rmtree(folder, ignore_errors=True)
+        return freed
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes in the files under ``path``."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and not f.is_symlink())
 
 
 # ------------------------------------------------------------------------------ the driver's ledger
@@ -201,7 +239,9 @@ def load_sweep(path: str | Path) -> SweepState:
             trial_id, ended["status"] if ended else RUNNING, dict(params), history, str(folder), n_tasks,
             ended.get("error") if ended else None, int(ended.get("num_failures") or 0) if ended else 0,
             walls[-1] if walls else None))
-    return SweepState(spec, path, trials)
+    summary = path / SUMMARY_FILE  # written by the driver when a run or resume ends
+    wall = json.loads(summary.read_text()).get("wall_seconds") if summary.exists() else None
+    return SweepState(spec, path, trials, wall)
 
 
 def _json_lines(file: Path) -> list[dict]:
@@ -231,4 +271,4 @@ def _finite(value) -> bool:
 
 
 __all__ = ["Outcome", "TrialRecord", "SweepState", "TrialLedger", "load_sweep", "trial_dirname", "SPEC_FILE", "TRIALS_FILE",
-           "SUMMARY_FILE", "BEST_CONFIG_FILE", "TASKS_FILE", "FAILURE_FILE", "TIME_ATTR"]
+           "SUMMARY_FILE", "BEST_CONFIG_FILE", "TASKS_FILE", "FAILURE_FILE", "TIME_ATTR", "CHECKPOINT_DIRS", "folder_bytes"]

@@ -47,7 +47,7 @@ from clcore.config import ConfigError, ExperimentConfig
 from clcore.data import RawData, raw_key
 from clcore.train import TaskReport, TrainingDivergedError
 from sweeps.spec import SweepSpec
-from sweeps.storage import FAILURE_FILE, TASKS_FILE, trial_dirname
+from sweeps.storage import CHECKPOINT_DIRS, FAILURE_FILE, TASKS_FILE, trial_dirname
 
 CHECKPOINT_FILE = "checkpoint.pt"  # in each checkpoint_* folder: {"clcore", "clcore_seconds", "trial_id"}
 
@@ -108,7 +108,7 @@ def _checkpoint_to_continue(given, folder: Path, trial_id: str) -> Optional[dict
         if saved["trial_id"] != trial_id:
             return saved  # another trial's: PBT's choice
     reached = saved["clcore"]["next_task"] if saved else 0
-    for file in sorted(folder.glob(f"checkpoint_*/{CHECKPOINT_FILE}"), reverse=True):
+    for file in sorted(folder.glob(f"{CHECKPOINT_DIRS}/{CHECKPOINT_FILE}"), reverse=True):
         try:
             newest = torch.load(file, weights_only=True)
         except Exception:  # noqa: BLE001 - half written when the driver died: try the one before

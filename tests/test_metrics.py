@@ -53,13 +53,22 @@ def test_intransigence_chaudhry_2018_by_hand():
     assert M.intransigence(R, REFERENCE) == pytest.approx(((0.95 - 0.90) + (0.90 - 0.80) + (0.97 - 0.95)) / 3)
 
 
+def test_plasticity_the_accuracy_on_the_task_just_learned_by_hand():
+    assert M.accuracy_current_task(R[:2]) == 0.80 and M.accuracy_current_task(R) == 0.95
+    assert M.min_accuracy_current_task(R[:1]) == 0.90 and M.min_accuracy_current_task(R) == 0.80
+
+
+PLASTICITY = ("accuracy_current_task", "min_accuracy_current_task")
+
+
 def test_summary_reports_what_the_inputs_allow():
-    assert set(M.summary(R)) == {"average_accuracy", "forgetting", "bwt"}
-    assert set(M.summary(R, INITIAL)) == {"average_accuracy", "forgetting", "bwt", "fwt"}
+    assert set(M.summary(R)) == {"average_accuracy", "forgetting", "bwt", *PLASTICITY}
+    assert set(M.summary(R, INITIAL)) == {"average_accuracy", "forgetting", "bwt", "fwt", *PLASTICITY}
     full = M.summary(R, INITIAL, REFERENCE)
     assert full == {
         "average_accuracy": M.average_accuracy(R), "forgetting": M.forgetting(R), "bwt": M.backward_transfer(R),
         "fwt": M.forward_transfer(R, INITIAL), "intransigence": M.intransigence(R, REFERENCE),
+        "accuracy_current_task": 0.95, "min_accuracy_current_task": 0.80,
     }
 
 
@@ -67,7 +76,8 @@ def test_perfect_learner_and_total_forgetter():
     T = 4
     perfect = [[1.0] * T for _ in range(T)]
     assert M.summary(perfect, [0.0] * T, [1.0] * T) == {
-        "average_accuracy": 1.0, "forgetting": 0.0, "bwt": 0.0, "fwt": 1.0, "intransigence": 0.0}
+        "average_accuracy": 1.0, "forgetting": 0.0, "bwt": 0.0, "fwt": 1.0, "intransigence": 0.0,
+        "accuracy_current_task": 1.0, "min_accuracy_current_task": 1.0}
     forgetter = [[1.0 if j == i else 0.0 for j in range(T)] for i in range(T)]  # remembers the last task only
     assert M.average_accuracy(forgetter) == pytest.approx(1 / T)
     assert M.forgetting(forgetter) == pytest.approx(1.0)
@@ -82,7 +92,8 @@ def _paper_metrics(a, b, star, k):
     bwt = 0.0 if k == 1 else sum(a[k][j] - a[j][j] for j in range(1, k)) / (k - 1)
     fwt = 0.0 if k == 1 else sum(a[j - 1][j] - b[j] for j in range(2, k + 1)) / (k - 1)
     intr = sum(star[j] - a[j][j] for j in range(1, k + 1)) / k
-    return {"average_accuracy": avg, "forgetting": fgt, "bwt": bwt, "fwt": fwt, "intransigence": intr}
+    return {"average_accuracy": avg, "forgetting": fgt, "bwt": bwt, "fwt": fwt, "intransigence": intr,
+            "accuracy_current_task": a[k][k], "min_accuracy_current_task": min(a[j][j] for j in range(1, k + 1))}
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -109,7 +109,7 @@ def test_defaults_and_normalisation():
     spec = SweepSpec.from_dict(small(objective={"metric": "val_forgetting"}))
     assert spec.objective.mode == "min"  # forgetting: lower is better
     assert spec.scheduler.reduction_factor == 3.0 and spec.scheduler.brackets == 1
-    assert spec.algorithm.sampler == "tpe" and spec.algorithm.max_concurrent == 4
+    assert spec.algorithm.sampler == "tpe" and spec.algorithm.max_concurrent is None  # the cluster decides
     assert spec.experiment_path == Path("ray_results").resolve() / "small"
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from sweeps.spec import SweepSpec
-from sweeps.storage import SPEC_FILE, TASKS_FILE, TRIALS_FILE, load_sweep, trial_dirname
+from sweeps.storage import (CHECKPOINT_DIRS, SPEC_FILE, SUMMARY_FILE, TASKS_FILE, TRIALS_FILE, folder_bytes, load_sweep,
+                            trial_dirname)
 
 from test_spec import small
 
@@ -92,3 +93,39 @@ def test_status_runs_no_code_from_a_crafted_folder_and_imports_no_ray(tmp_path):
     summary = json.loads(done.stdout)
     assert summary["counts"] == {"complete": 1, "running": 2, "failed": 1}
     assert yaml.safe_load((path / SPEC_FILE).read_text())["name"] == summary["name"]
+
+
+def test_status_ranks_only_complete_trials_and_shows_the_tasks_behind_each_score(tmp_path, capsys):
+    from sweeps.cli import main
+
+    path = crafted_sweep(tmp_path, tmp_path / "unpickled")
+    worse = path / trial_dirname("e")  # complete, but a lower score than a's 1.0 after 5/5 tasks
+    worse.mkdir()
+    (worse / TASKS_FILE).write_text("".join(json.dumps({**task_row("e", k, 0.5), "val_average_accuracy": 0.6})
+                                            + "\n" for k in range(1, 6)))
+    with (path / TRIALS_FILE).open("a") as f:  # after the cut-off line the killed writer left
+        f.write('\n{"event": "end", "trial_id": "e", "status": "TERMINATED", "params": {}, "num_failures": 0}\n')
+    (path / SUMMARY_FILE).write_text(json.dumps({"wall_seconds": 12.5}))
+    assert main(["status", str(path)]) == 0
+    table = [line.split() for line in capsys.readouterr().out.splitlines()[1:6]]
+    assert [row[:3] for row in table] == [["1", "a", "complete"], ["2", "e", "complete"], ["-", "b", "running"],
+                                         ["-", "d", "running"], ["-", "c", "failed"]]
+    assert table[0][3:5] == ["1.0000", "(5/5)"] and table[2][3:5] == ["0.7000", "(2/5)"]
+    assert main(["status", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["wall_seconds"] == 12.5  # as the driver's summary.json says
+
+
+def test_pruning_keeps_the_checkpoints_a_resume_reads_and_the_best_trials_newest(tmp_path):
+    path = crafted_sweep(tmp_path, tmp_path / "unpickled")
+    (path / trial_dirname("c")).mkdir()  # the failed trial: a resume with --errored resume continues it
+    for trial_id in "abcd":
+        for k in range(3):
+            folder = path / trial_dirname(trial_id) / f"checkpoint_{k:06d}"
+            folder.mkdir()
+            (folder / "checkpoint.pt").write_bytes(b"x" * 1000)
+    state = load_sweep(path)
+    assert state.prune_checkpoints() == 2000  # a's two older ones
+    left = {t: sorted(p.name for p in (path / trial_dirname(t)).glob(CHECKPOINT_DIRS)) for t in "abcd"}
+    assert left == {"a": ["checkpoint_000002"], "b": [f"checkpoint_{k:06d}" for k in range(3)],
+                    "c": [f"checkpoint_{k:06d}" for k in range(3)], "d": [f"checkpoint_{k:06d}" for k in range(3)]}
+    assert state.to_summary()["storage_bytes"] == folder_bytes(path) > 10_000

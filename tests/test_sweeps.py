@@ -27,8 +27,8 @@ from sweeps.spec import SweepSpec
 ray = pytest.importorskip("ray")
 
 from sweeps import space  # noqa: E402  (imports Ray)
-from sweeps.runner import load_sweep, run_sweep  # noqa: E402
-from sweeps.storage import TASKS_FILE, TRIALS_FILE  # noqa: E402
+from sweeps.runner import load_sweep, run_sweep, trials_that_fit  # noqa: E402
+from sweeps.storage import CHECKPOINT_DIRS, TASKS_FILE, TRIALS_FILE, folder_bytes  # noqa: E402
 
 
 def sweep(tmp_path: Path, name: str, **sections) -> dict:
@@ -62,6 +62,14 @@ def task_rows(trial_path: str) -> list[dict]:
     return [json.loads(line) for line in Path(trial_path, TASKS_FILE).read_text().splitlines() if line.strip()]
 
 
+def test_trials_at_a_time_are_what_the_cluster_fits():
+    assert trials_that_fit({"CPU": 2.0}, cpu=1, gpu=0) == (2, "CPU")
+    assert trials_that_fit({"CPU": 16.0, "GPU": 1.0}, cpu=1, gpu=0.25) == (4, "GPU")  # four share the GPU
+    assert trials_that_fit({"CPU": 3.0, "GPU": 8.0}, cpu=1.5, gpu=1) == (2, "CPU")
+    assert trials_that_fit({"CPU": 0.5}, cpu=1, gpu=0) == (1, "CPU")  # one trial waits rather than none runs
+    assert trials_that_fit({"CPU": 0.3 * 10}, cpu=0.3, gpu=0) == (10, "CPU")  # no float floor off by one
+
+
 # ------------------------------------------------------------------------------ schedulers
 def test_optuna_asha_stops_trials_early_and_reports_the_best_complete_trial(tmp_path, local_ray, capsys):
     spec = SweepSpec.from_dict(sweep(
@@ -93,6 +101,8 @@ def test_optuna_asha_stops_trials_early_and_reports_the_best_complete_trial(tmp_
 
     # storage alone tells the same story, and the best config reruns to the same accuracy matrix
     path = spec.experiment_path
+    kept = {t.trial_id: list(Path(t.path).glob(CHECKPOINT_DIRS)) for t in state.trials}
+    assert len(kept.pop(best.trial_id)) == 1 and not any(kept.values())  # ended trials' checkpoints pruned
     summary = json.loads((path / "summary.json").read_text())
     assert summary["best_trial"]["trial_id"] == best.trial_id
     assert load_sweep(path).best().trial_id == best.trial_id
@@ -108,6 +118,7 @@ def test_optuna_asha_stops_trials_early_and_reports_the_best_complete_trial(tmp_
     assert main(["status", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"best trial {best.trial_id}" in out and "stopped early" in out and "validation accuracy matrix" in out
+    assert f"storage: {path}, {folder_bytes(path) / 1e6:.1f} MB" in out
 
 
 def test_pbt_changes_hyperparameters_of_running_trials(tmp_path, local_ray):
@@ -145,9 +156,10 @@ def test_a_diverging_or_invalid_trial_fails_alone_with_its_reason(tmp_path, loca
         search={"train.lr": {"dist": "grid", "values": [0.1, 1.0e12]},
                 "benchmark.scenario": {"dist": "grid", "values": ["task", "domain"]},
                 "model.head": {"dist": "grid", "values": ["auto", "multi"]}},
-        algorithm={"name": "grid", "max_concurrent": 4}, scheduler="fifo"),
+        algorithm={"name": "grid"}, scheduler="fifo"),  # max_concurrent unset: what the cluster fits
         overrides=["benchmark.n_tasks=2"])
     state = run_sweep(spec, verbose=0)
+    assert state.spec.algorithm.max_concurrent == 4  # 2 CPUs at 0.5 per trial, stored as it ran
 
     assert len(state.trials) == 8
     for trial in state.trials:
@@ -227,7 +239,8 @@ def _still_running(pids: list[int], wait: float = 30.0) -> list[int]:
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_a_stopped_driver_leaves_no_ray_process_behind(tmp_path, stop):
     """The driver is stopped once a trial has reported its first task; every process of the local Ray
-    it started ends with it (SIGINT, SIGTERM), or at the next clsweep start (SIGKILL)."""
+    it started ends with it (SIGINT, SIGTERM), or at the next clsweep start (SIGKILL: here a `run`;
+    `resume` reaps the same way, through the same `ray_session`)."""
     data = sweep(tmp_path, "stop", algorithm={"name": "random", "num_samples": 2, "max_concurrent": 2, "seed": 0},
                  scheduler="fifo", resources={"cpu": 1})
     data["base"]["train"].update(epochs=20, batch_size=16)
@@ -251,11 +264,13 @@ def test_a_stopped_driver_leaves_no_ray_process_behind(tmp_path, stop):
         assert len(ray_pids) >= 2, "the local Ray's processes were not recorded"  # GCS and raylet at least
         driver.send_signal(getattr(signal, stop))
         driver.wait(timeout=120)
-        if stop == "SIGKILL":
-            done = subprocess.run([*clsweep, "resume", str(experiment), "--num-cpus", "2"], capture_output=True,
-                                  text=True, env=env, timeout=300)
+        if stop == "SIGKILL":  # the next clsweep start (a one-trial sweep; resuming is another test's)
+            done = subprocess.run([*clsweep, "run", str(spec_file), "--num-cpus", "2", "--set", "name=next",
+                                   "--set", "algorithm.num_samples=1", "--set", "train.epochs=1",
+                                   "--set", "benchmark.n_tasks=1"],
+                                  capture_output=True, text=True, env=env, timeout=300)
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-            assert load_sweep(experiment).counts() == {"complete": 2}
+            assert load_sweep(experiment.parent / "next").counts() == {"complete": 1}
         else:
             assert "interrupted" in (tmp_path / "driver.log").read_text() or driver.returncode in (0, 1)
         assert _still_running(ray_pids) == [], (tmp_path / "driver.log").read_text()[-3000:]
