@@ -145,6 +145,17 @@ class BenchmarkConfig:
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir if self.data_dir is not None else default_data_dir()).expanduser()
 
+    @property
+    def classes_per_task(self) -> int:
+        """Split benchmarks divide their classes between the tasks; the others give every task all of them."""
+        n_classes = BENCHMARK_CLASSES[self.name]
+        return n_classes // self.n_tasks if self.name in SPLIT_BENCHMARKS else n_classes
+
+    def chance_on_task(self, task: int) -> float:
+        """A guess's accuracy on task ``task`` (0-based) right after it is learned: one over the classes the
+        head chooses among (class-IL: every class seen so far)."""
+        return 1.0 / (self.classes_per_task * (task + 1 if self.scenario == "class" else 1))
+
 
 @dataclass
 class ModelConfig:

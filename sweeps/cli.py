@@ -201,6 +201,7 @@ def format_trials(state) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines += [f"{t.trial_id}: {t.error}" for t in state.trials if t.error]
+    lines += [f"{t.trial_id}: rejected: {t.broken}" for t in state.trials if t.outcome == Outcome.REJECTED]
     return "\n".join(lines)
 
 
@@ -216,11 +217,17 @@ def format_summary(state, table: bool = True) -> str:
     if table and failed:
         lines += ["failed trials:"] + [f"  {t.trial_id}: {t.error}" for t in failed]
     best = state.best()
+    rejected = sum(t.outcome == Outcome.REJECTED for t in state.trials)
+    if spec.objective.require:
+        lines.append("required after every task: " + ", ".join(map(str, spec.objective.requirements())) +
+                     f" ({rejected} trials rejected)")
     if best is None:
-        lines.append(f"no trial has completed all {spec.n_tasks} tasks yet")
+        lines.append(f"no trial has completed all {spec.n_tasks} tasks yet" if not rejected else
+                     f"no trial completed all {spec.n_tasks} tasks keeping the requirements")
     else:
         lines.append(f"best trial {best.trial_id}: {metric} = {best.last[metric]:.4f} ({spec.mode}) "
                      f"after {best.tasks_seen}/{best.n_tasks} tasks")
+        lines += _plasticity(best, spec)
         lines += [f"  {k} = {_short(v)}" for k, v in best.params.items()]
         for name, key in (("validation", "val_matrix"), ("test", "test_matrix")):
             if best.last.get(key):
@@ -234,6 +241,29 @@ def format_summary(state, table: bool = True) -> str:
         lines.append(f"{unfinished} trials unfinished: continue with   clsweep resume {state.path}")
     lines.append(f"storage: {state.path}, {folder_bytes(state.path) / 1e6:.1f} MB   (clsweep status {state.path})")
     return "\n".join(lines)
+
+
+def _plasticity(trial, spec) -> list[str]:
+    """What the best score bought: forgetting and the accuracy on each task right after learning it,
+    with a warning when that came near chance (a model that stopped learning scores well on average)."""
+    matrix = trial.last.get("val_matrix") or []
+    if not matrix:
+        return []
+    benchmark = spec.trial_config(trial.params).benchmark
+    learned = [matrix[k][k] for k in range(len(matrix))]
+    margins = [a - benchmark.chance_on_task(k) for k, a in enumerate(learned)]
+    worst = min(range(len(learned)), key=margins.__getitem__)
+    lines = [f"  val forgetting {trial.last.get('val_forgetting', float('nan')):.4f}, accuracy on the task just "
+             f"learned {learned[-1]:.4f}, lowest right after learning {min(learned):.4f} (task {worst}: "
+             f"{learned[worst]:.4f}, chance {benchmark.chance_on_task(worst):.4f})"]
+    if margins[worst] < NEAR_CHANCE:
+        lines.append(f"warning: the best trial learned task {worst} only to {learned[worst]:.4f} (chance "
+                     f"{benchmark.chance_on_task(worst):.4f}): it may have stopped learning; objective.require: "
+                     f"{{val_min_accuracy_current_task: '>= 0.9'}} rejects such trials")
+    return lines
+
+
+NEAR_CHANCE = 0.1  # accuracy points above chance on a task just learned below which the summary warns
 
 
 def _short(value) -> str:

@@ -40,6 +40,7 @@ SWEEP_ID_TAG = "clsweep.sweep_id"
 TRIAL_ID_TAG = "clsweep.trial_id"
 STATUS_TAG = "clsweep.status"
 FAILURE_TAG = "clsweep.failure_reason"
+REJECTED_TAG = "clsweep.rejected_because"  # the objective's requirement a rejected trial broke, and when
 TASKS_SEEN_TAG = "clsweep.tasks_seen"
 BEST_TRIAL_TAG = "clsweep.best_trial_id"
 BEST_RUN_TAG = "clsweep.best_run_id"
@@ -47,11 +48,13 @@ METRIC_TAG, MODE_TAG = "clsweep.metric", "clsweep.mode"
 NODE_ID_TAG, NODE_IP_TAG, NODE_IDS_TAG = "clsweep.node_id", "clsweep.node_ip", "clsweep.node_ids"
 
 # clsweep.status words (`sweeps.storage.Outcome.tag`), and clsweep.status -> MLflow run status.
-FINISHED, STOPPED_EARLY, FAILED, RUNNING = (o.tag for o in (Outcome.COMPLETE, Outcome.STOPPED_EARLY, Outcome.FAILED,
-                                                           Outcome.RUNNING))
-# A scheduler stop is a normal end (FINISHED, as in Ray's own MLflow callback); the run's name tells
-# it apart from a trial that saw every task (see `trial_run_name`), and clsweep.status says it too.
-MLFLOW_STATUS = {FINISHED: "FINISHED", STOPPED_EARLY: "FINISHED", FAILED: "FAILED", RUNNING: "RUNNING"}
+FINISHED, REJECTED, STOPPED_EARLY, FAILED, RUNNING = (o.tag for o in (
+    Outcome.COMPLETE, Outcome.REJECTED, Outcome.STOPPED_EARLY, Outcome.FAILED, Outcome.RUNNING))
+# A scheduler stop and a rejection are normal ends (FINISHED, as in Ray's own MLflow callback); the
+# run's name tells them apart from a trial that saw every task and kept the objective's requirements
+# (see `trial_run_name`), and clsweep.status says it too.
+MLFLOW_STATUS = {FINISHED: "FINISHED", REJECTED: "FINISHED", STOPPED_EARLY: "FINISHED", FAILED: "FAILED",
+                 RUNNING: "RUNNING"}
 
 STEP_METRIC = "tasks_seen"
 FINAL_METRICS = ("average_accuracy", "forgetting", "bwt", "fwt", "intransigence")
@@ -281,7 +284,7 @@ def trial_run_name(config: ExperimentConfig, search_keys: tuple[str, ...] | list
     values = config.flat()
     name = " ".join(f"{short if last.count(short) == 1 else key}={_short_number(values[key])}"
                     for key, short in zip(search_keys, last)) or "trial"
-    ending = {STOPPED_EARLY: "stopped", FAILED: "failed"}.get(status)
+    ending = {STOPPED_EARLY: "stopped", FAILED: "failed", REJECTED: "rejected"}.get(status)
     return f"{ending} {tasks_seen}/{config.benchmark.n_tasks} · {name}" if ending else name
 
 

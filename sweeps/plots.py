@@ -24,7 +24,7 @@ class TrialPoint(NamedTuple):
 
     trial_id: str
     config: ExperimentConfig
-    status: str  # finished | stopped_early | failed | running
+    status: str  # finished | rejected | stopped_early | failed | running
     last: dict  # its last reported result (metrics, ``test_matrix``)
 
 
@@ -32,6 +32,7 @@ STATUS_STYLE = {  # marker, fill, label
     "finished": ("o", True, "finished"),
     "stopped_early": ("v", False, "stopped early (value after fewer tasks)"),
     "failed": ("x", True, "failed (no value; marked on the lambda axis)"),
+    "rejected": ("D", False, "rejected (broke a requirement of the objective)"),
     "running": ("s", False, "not finished yet"),
 }
 

@@ -45,7 +45,7 @@ from ray.tune.search.optuna import OptunaSearch
 from clcore.data import load_raw
 from sweeps import environment, localray, space
 from sweeps.ray_private import BestOfCompleteReporter, attach_callbacks
-from sweeps.spec import SweepSpec
+from sweeps.spec import OBJECTIVE_ATTR, SweepSpec
 from sweeps.storage import (BEST_CONFIG_FILE, CHECKPOINT_DIRS, ERROR, FAILURE_FILE, SPEC_FILE, SUMMARY_FILE, TERMINATED,
                             TIME_ATTR, SweepState, TrialLedger, TrialRecord, load_sweep, trial_dirname)
 from sweeps.trainable import TrialLoggerFactory, run_trial
@@ -141,7 +141,7 @@ def _new_tuner(spec: SweepSpec, path: Path, raw, tracking: Tracking, verbose: in
     return tune.Tuner(
         _trainable(spec, raw, tracking),
         param_space=space.param_space(spec),
-        tune_config=tune.TuneConfig(metric=spec.objective.metric, mode=spec.mode,
+        tune_config=tune.TuneConfig(metric=OBJECTIVE_ATTR, mode=spec.mode,  # the objective, requirements applied
                                     search_alg=search_algorithm(spec), scheduler=scheduler(spec),
                                     num_samples=spec.algorithm.num_samples, reuse_actors=True,
                                     trial_dirname_creator=_trial_dirname),

@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+from dataclasses import dataclass
 import re
 import typing
 from pathlib import Path
@@ -80,7 +81,14 @@ OBJECTIVES = {
     "val_bwt": "max",
     "val_fwt": "max",
     "val_accuracy_current_task": "max",
+    "val_min_accuracy_current_task": "max",
 }
+# Metrics ``objective.require`` may bound: functions of the validation accuracy matrix alone, so any
+# report's matrix tells whether the requirements held after every task so far.
+REQUIRABLE = ("val_average_accuracy", "val_forgetting", "val_bwt", "val_accuracy_current_task",
+              "val_min_accuracy_current_task")
+OBJECTIVE_ATTR = "clsweep_objective"  # what trials report to the schedulers and searchers (`Objective.ranked`)
+REQUIREMENT_PENALTY = 2.0  # objective metrics lie in [-1, 1]: a broken requirement ranks below every kept one
 ALGORITHMS = ("optuna", "random", "grid")
 SAMPLERS = ("tpe", "random")
 # Fields a sweep cannot search: the dataset is loaded once per sweep and shared by its trials, and
@@ -192,9 +200,76 @@ DISTRIBUTIONS = {dist: kind.setting_names() for kind in DISTRIBUTION_KINDS  # di
 
 
 # ------------------------------------------------------------------------------ sections
+@dataclass(frozen=True)
+class Requirement:
+    """``metric op bound``, e.g. ``val_min_accuracy_current_task >= 0.9``."""
+
+    metric: str
+    op: str
+    bound: float
+
+    def holds(self, value: float) -> bool:
+        return {">=": value >= self.bound, ">": value > self.bound, "<=": value <= self.bound,
+                "<": value < self.bound}[self.op]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+_REQUIREMENT = re.compile(r"^\s*(>=|<=|>|<)\s*(" + NUMBER_TEXT.strip("^$") + r")\s*$")
+
+
 class Objective(_Section):
+    """The metric selection maximises or minimises, and ``require``: bounds every trial must keep after
+    every task (``{val_min_accuracy_current_task: ">= 0.9"}``: it learned each task when it came), or
+    it is *rejected*: never the best trial, and ranked by schedulers and searchers below every trial
+    that kept them (`ranked`)."""
+
     metric: Annotated[Literal[tuple(OBJECTIVES)], Field(title="metric")] = "val_average_accuracy"
     mode: Optional[Literal["max", "min"]] = None  # default: the metric's better direction
+    require: dict[str, Str] = Field(default_factory=dict)
+
+    @field_validator("require")
+    @classmethod
+    def _bounds(cls, require: dict) -> dict:
+        for metric, text in require.items():
+            if metric not in REQUIRABLE:
+                raise ConfigError("objective.require", f"cannot bound {metric!r} (a requirement is checked on "
+                                                       f"the validation accuracy matrix after every task)",
+                                  ", ".join(REQUIRABLE))
+            if not _REQUIREMENT.match(text):
+                raise ConfigError("objective.require", f"{metric}: {text!r} is not a bound",
+                                  "'>= 0.9', '> 0.5', '<= 0.1' or '< 0.2'")
+        return require
+
+    def requirements(self) -> list[Requirement]:
+        out = []
+        for metric, text in self.require.items():
+            op, bound = _REQUIREMENT.match(text).group(1, 2)
+            out.append(Requirement(metric, op, float(bound)))
+        return out
+
+    def broken(self, val_matrix: list) -> Optional[str]:
+        """The first requirement the trial whose validation accuracy matrix is ``val_matrix`` broke,
+        as ``"<requirement>, broken after task k: <value>"``; None while it keeps them all."""
+        from clcore import metrics as M  # pure Python: no torch
+
+        requirements = self.requirements()
+        for k in range(1, len(val_matrix) + 1) if requirements else ():
+            values = M.summary(val_matrix[:k])
+            for r in requirements:
+                value = values[r.metric.removeprefix("val_")]
+                if not r.holds(value):
+                    return f"{r}, broken after task {k}: {value:.4f}"
+        return None
+
+    def ranked(self, value: float, val_matrix: list) -> float:
+        """What a trial reports to the schedulers and searchers (``OBJECTIVE_ATTR``): its objective,
+        moved by ``REQUIREMENT_PENALTY`` to the worse side once it broke a requirement, so that it ranks
+        below every trial that kept them and, among the rejected, by its own score."""
+        if self.broken(val_matrix) is None:
+            return value
+        return value - REQUIREMENT_PENALTY if self.mode == "max" else value + REQUIREMENT_PENALTY
 
     @field_validator("metric", mode="before")
     @classmethod
@@ -859,4 +934,4 @@ class _Rules:
 
 __all__ = ["SweepSpec", "SpecError", "Distribution", "load_spec", "apply_override", "encode_value", "decode_value",
            "field_kind",
-           "DISTRIBUTIONS", "OBJECTIVES", "SCHEDULERS"]
+           "DISTRIBUTIONS", "OBJECTIVES", "SCHEDULERS", "REQUIRABLE", "OBJECTIVE_ATTR", "Requirement"]

@@ -53,6 +53,7 @@ class Outcome(str, enum.Enum):
     the plots and MLflow (where `tag` is the word the ``clsweep.status`` tag holds)."""
 
     COMPLETE = "complete"            # saw every task
+    REJECTED = "rejected"            # saw every task, but broke a requirement of the objective (objective.require)
     STOPPED_EARLY = "stopped early"  # a scheduler stopped it after fewer tasks
     FAILED = "failed"
     RUNNING = "running"
@@ -63,7 +64,7 @@ class Outcome(str, enum.Enum):
 
     @property
     def ended(self) -> bool:
-        return self in (Outcome.COMPLETE, Outcome.STOPPED_EARLY, Outcome.FAILED)
+        return self in (Outcome.COMPLETE, Outcome.REJECTED, Outcome.STOPPED_EARLY, Outcome.FAILED)
 
     @property
     def tag(self) -> str:
@@ -90,6 +91,7 @@ class TrialRecord:
     error: Optional[str] = None  # the last line of the error, for a failed trial
     num_failures: int = 0
     wall_seconds: Optional[float] = None  # on the driver: first start to end
+    broken: Optional[str] = None  # the objective's first requirement it broke, and when (`Objective.broken`)
 
     @property
     def last(self) -> dict:
@@ -104,7 +106,9 @@ class TrialRecord:
         if self.status == ERROR:
             return Outcome.FAILED
         if self.status == TERMINATED:
-            return Outcome.COMPLETE if self.tasks_seen >= self.n_tasks else Outcome.STOPPED_EARLY
+            if self.tasks_seen < self.n_tasks:
+                return Outcome.STOPPED_EARLY
+            return Outcome.COMPLETE if self.broken is None else Outcome.REJECTED
         return Outcome.PENDING if self.status == PENDING and not self.history else Outcome.RUNNING
 
     @property
@@ -158,6 +162,7 @@ class SweepState:
                         "tasks_seen": t.tasks_seen, "epochs_trained": t.epochs_trained,
                         "value": t.last.get(self.spec.objective.metric), "error": t.error,
                         "wall_seconds": t.wall_seconds, "clcore_seconds": t.last.get("clcore_seconds"),
+                        "broken": t.broken,
                         "node_id": t.last.get("node_id"), "path": t.path} for t in self.trials],
         }
 
@@ -170,7 +175,7 @@ class SweepState:
         best = self.best()
         freed = 0
         for trial in self.trials:
-            if trial.outcome not in (Outcome.COMPLETE, Outcome.STOPPED_EARLY):
+            if trial.outcome not in (Outcome.COMPLETE, Outcome.REJECTED, Outcome.STOPPED_EARLY):
                 continue
             folders = sorted(Path(trial.path).glob(CHECKPOINT_DIRS))
             if best is not None and trial.trial_id == best.trial_id:
@@ -238,7 +243,8 @@ def load_sweep(path: str | Path) -> SweepState:
         trials.append(TrialRecord(
             trial_id, ended["status"] if ended else RUNNING, dict(params), history, str(folder), n_tasks,
             ended.get("error") if ended else None, int(ended.get("num_failures") or 0) if ended else 0,
-            walls[-1] if walls else None))
+            walls[-1] if walls else None, spec.objective.broken(history[-1].get("val_matrix") or [])
+            if history else None))
     summary = path / SUMMARY_FILE  # written by the driver when a run or resume ends
     wall = json.loads(summary.read_text()).get("wall_seconds") if summary.exists() else None
     return SweepState(spec, path, trials, wall)

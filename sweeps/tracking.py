@@ -26,7 +26,9 @@ What a sweep leaves in MLflow::
 
 Trial status (tag ``clsweep.status``): ``finished`` (all tasks; MLflow FINISHED), ``stopped_early``
 (a scheduler stopped it after fewer tasks; MLflow FINISHED too: a scheduler stop is a normal end),
-``failed`` (MLflow FAILED, reason in ``clsweep.failure_reason``), ``running``. Trial runs are named
+``failed`` (MLflow FAILED, reason in ``clsweep.failure_reason``), ``rejected`` (all tasks, but it broke a
+requirement of the objective, ``objective.require``; MLflow FINISHED, the requirement in
+``clsweep.rejected_because``; never the best trial), ``running``. Trial runs are named
 by their searched values and, when they ended early, how (``lambda=6.98e4 lr=3.5e-4``,
 ``stopped 2/5 · lambda=12.3``, ``failed 3/5 · lambda=1e9``): the runs table tells the three
 endings apart without a click. The experiment carries ``mlflow.experimentKind =
@@ -76,10 +78,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from sweeps.spec import SweepSpec
 
 from sweeps.mlflow_store import (BEST_RUN_TAG, BEST_TRIAL_TAG, CONFIG_ARTIFACT, FAILURE_TAG, FINISHED, KIND_TAG,
-                                 METRIC_TAG, MODE_TAG, RUNNING, STATE_FILE, STATUS_TAG, STEP_METRIC, SWEEP_ID_TAG,
-                                 Store, TASKS_SEEN_TAG, TRIAL_ID_TAG, _matrix_files, _param_value, check_reachable,
-                                 experiment_url, final_metrics, log, node_tags, resolve_tracking_uri, trial_metrics,
-                                 trial_run_name)
+                                 METRIC_TAG, MODE_TAG, REJECTED, REJECTED_TAG, RUNNING, STATE_FILE, STATUS_TAG,
+                                 STEP_METRIC, SWEEP_ID_TAG, Store, TASKS_SEEN_TAG, TRIAL_ID_TAG, _matrix_files,
+                                 _param_value, check_reachable, experiment_url, final_metrics, log, node_tags,
+                                 resolve_tracking_uri, trial_metrics, trial_run_name)
 from sweeps.trial_logging import (TrackingSettings, TrialLogger, open_trial_run)
 
 
@@ -240,7 +242,7 @@ class SweepTracker:
         status = trial.outcome.tag
         store = self.store
         if status != RUNNING:
-            if status == FINISHED:
+            if status in (FINISHED, REJECTED):
                 from mlflow.entities import Metric
 
                 now = int(time.time() * 1000)
@@ -255,6 +257,8 @@ class SweepTracker:
         tags = {STATUS_TAG: status, TASKS_SEEN_TAG: trial.tasks_seen}
         if trial.error:
             tags[FAILURE_TAG] = trial.error[:5000]
+        if trial.broken:
+            tags[REJECTED_TAG] = trial.broken
         store.log_tags(run, tags)
         name = trial_run_name(config, self.search_keys, status, trial.tasks_seen)
         if run.info.run_name != name:

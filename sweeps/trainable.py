@@ -46,7 +46,7 @@ import clcore
 from clcore.config import ConfigError, ExperimentConfig
 from clcore.data import RawData, raw_key
 from clcore.train import TaskReport, TrainingDivergedError
-from sweeps.spec import SweepSpec
+from sweeps.spec import OBJECTIVE_ATTR, Objective, SweepSpec
 from sweeps.storage import CHECKPOINT_DIRS, FAILURE_FILE, TASKS_FILE, trial_dirname
 
 CHECKPOINT_FILE = "checkpoint.pt"  # in each checkpoint_* folder: {"clcore", "clcore_seconds", "trial_id"}
@@ -80,7 +80,7 @@ def run_trial(params: dict, *, spec: SweepSpec, raw: Optional[RawData] = None,
         log = trial_logger(trial_id, context.get_trial_name(), config) if trial_logger else None
         where = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
         reporter = _TaskReporter(folder / TASKS_FILE, trial_id, dict(params), saved["clcore_seconds"] if saved else 0.0,
-                                 log, {**where, "data_shared": shared})
+                                 log, {**where, "data_shared": shared}, spec.objective)
         resume_from = saved["clcore"] if saved else None
         n_tasks = config.benchmark.n_tasks
         if resume_from is not None and resume_from["next_task"] >= n_tasks:
@@ -123,13 +123,14 @@ class _TaskReporter:
     """clcore callback: report one task's metrics and checkpoint to Ray Tune."""
 
     def __init__(self, tasks_file: Path, trial_id: str, params: dict, clcore_seconds: float,
-                 log: Optional[Callable[[dict], None]], extra: dict):
+                 log: Optional[Callable[[dict], None]], extra: dict, objective: Objective):
         self.tasks_file = tasks_file
         self.trial_id = trial_id
         self.params = params
         self.clcore_seconds_before = clcore_seconds  # from earlier attempts (restored checkpoint)
         self.log = log
         self.extra = extra
+        self.objective = objective
         self.started = time.perf_counter()  # when clcore.run was called
         self.reporting = 0.0  # seconds spent in this callback so far
 
@@ -142,6 +143,7 @@ class _TaskReporter:
                    "val_matrix": [list(row) for row in report.val_matrix],
                    "test_matrix": [list(row) for row in report.test_matrix],
                    "clcore_seconds": clcore_seconds, **self.extra}
+        metrics[OBJECTIVE_ATTR] = self.objective.ranked(metrics[self.objective.metric], metrics["val_matrix"])
         if self.log is not None:
             self.log(metrics)
         self.tasks_file.parent.mkdir(parents=True, exist_ok=True)

@@ -163,6 +163,21 @@ def test_fixing_a_searched_field_drops_it_from_the_points_to_evaluate():
     assert spec.algorithm.points_to_evaluate is None
 
 
+def test_requirements_are_checked_after_every_task_on_the_validation_matrix():
+    spec = SweepSpec.from_dict(small(objective={"metric": "val_forgetting", "require": {
+        "val_min_accuracy_current_task": ">= 0.9", "val_average_accuracy": "> 0.5"}}))
+    assert [str(r) for r in spec.objective.requirements()] == ["val_min_accuracy_current_task >= 0.9",
+                                                               "val_average_accuracy > 0.5"]
+    kept = [[0.95, 0.1], [0.93, 0.91]]
+    late = [[0.95, 0.1], [0.30, 0.91]]  # forgot task 0: average 0.605 still > 0.5, every task learned
+    stuck = [[0.95, 0.1], [0.95, 0.55], [0.9, 0.5, 0.97]]  # task 1 never learned; task 2 fine again
+    assert spec.objective.broken(kept) is None and spec.objective.broken(late) is None
+    assert spec.objective.broken(stuck) == "val_min_accuracy_current_task >= 0.9, broken after task 2: 0.5500"
+    assert spec.objective.ranked(0.1, kept) == 0.1  # forgetting: min, so a broken trial is moved up by 2
+    assert spec.objective.ranked(0.1, stuck) == 2.1
+    assert SweepSpec.from_dict(small()).objective.broken(stuck) is None  # nothing required
+
+
 def test_override_errors_name_the_key():
     with pytest.raises(SpecError, match=r"<dict>: sheduler.name: is neither a sweep setting nor a config field"):
         SweepSpec.from_dict(small(), overrides=["sheduler.name=fifo"])

@@ -129,3 +129,24 @@ def test_pruning_keeps_the_checkpoints_a_resume_reads_and_the_best_trials_newest
     assert left == {"a": ["checkpoint_000002"], "b": [f"checkpoint_{k:06d}" for k in range(3)],
                     "c": [f"checkpoint_{k:06d}" for k in range(3)], "d": [f"checkpoint_{k:06d}" for k in range(3)]}
     assert state.to_summary()["storage_bytes"] == folder_bytes(path) > 10_000
+
+
+def test_the_summary_warns_when_the_best_trial_learned_a_task_only_to_near_chance(tmp_path, capsys):
+    from sweeps.cli import main
+
+    path = crafted_sweep(tmp_path, tmp_path / "unpickled")
+    diagonal = [0.99, 0.55, 0.98, 0.97, 0.99]  # synthetic task-IL: 2 classes per task, chance 0.5
+    matrix = [[diagonal[i] if j == i else 0.9 for j in range(5)] for i in range(5)]
+    folder = path / trial_dirname("f")
+    folder.mkdir()
+    (folder / TASKS_FILE).write_text("".join(json.dumps({**task_row("f", k, 0.0), "val_average_accuracy": 1.5,
+                                                         "val_forgetting": 0.01, "val_matrix": matrix[:k]}) + "\n"
+                                             for k in range(1, 6)))
+    with (path / TRIALS_FILE).open("a") as f:
+        f.write('\n{"event": "end", "trial_id": "f", "status": "TERMINATED", "params": {}, "num_failures": 0}\n')
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "best trial f: val_average_accuracy = 1.5000" in out
+    assert "val forgetting 0.0100, accuracy on the task just learned 0.9900, lowest right after learning 0.5500 " \
+           "(task 1: 0.5500, chance 0.5000)" in out
+    assert "warning: the best trial learned task 1 only to 0.5500 (chance 0.5000): it may have stopped learning" in out

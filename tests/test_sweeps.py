@@ -22,7 +22,7 @@ import yaml
 import clcore
 from clcore.config import ExperimentConfig
 from sweeps.cli import main
-from sweeps.spec import SweepSpec
+from sweeps.spec import OBJECTIVE_ATTR, SweepSpec
 
 ray = pytest.importorskip("ray")
 
@@ -174,6 +174,30 @@ def test_a_diverging_or_invalid_trial_fails_alone_with_its_reason(tmp_path, loca
         assert trial.outcome == "failed" and expected in trial.error, (p, trial.error)
         assert "not retried: this failure is deterministic" in trial.error  # the one retry re-raised at once
     assert state.best() is not None and state.best().params["train.lr"] == 0.1
+
+
+def test_a_trial_that_stops_learning_is_rejected_by_the_objectives_requirement(tmp_path, local_ray, capsys):
+    """lr 1e-5 learns nothing: its average accuracy is a number, but its accuracy on the task just learned
+    stays near chance, so ``require`` rejects it: never the best, ranked below the kept by Ray too."""
+    spec = SweepSpec.from_dict(sweep(
+        tmp_path, "require", search={"train.lr": {"dist": "grid", "values": [1e-5, 0.1]}},
+        objective={"metric": "val_average_accuracy", "require": {"val_min_accuracy_current_task": ">= 0.9"}},
+        algorithm={"name": "grid"}, scheduler="fifo"), overrides=["benchmark.n_tasks=2"])
+    state = run_sweep(spec, verbose=0)
+
+    by_lr = {t.params["train.lr"]: t for t in state.trials}
+    stuck, learner = by_lr[1e-5], by_lr[0.1]
+    assert stuck.outcome == "rejected" and learner.outcome == "complete"
+    assert stuck.broken.startswith("val_min_accuracy_current_task >= 0.9, broken after task 1: ")
+    assert stuck.last[OBJECTIVE_ATTR] == stuck.last["val_average_accuracy"] - 2  # what ASHA and TPE saw
+    assert learner.last[OBJECTIVE_ATTR] == learner.last["val_average_accuracy"]
+    assert state.best().trial_id == learner.trial_id and load_sweep(spec.experiment_path).best() == state.best()
+    capsys.readouterr()
+    assert main(["status", str(spec.experiment_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{stuck.trial_id}: rejected: val_min_accuracy_current_task >= 0.9, broken after task 1" in out
+    assert "required after every task: val_min_accuracy_current_task >= 0.9 (1 trials rejected)" in out
+    assert "lowest right after learning" in out and "warning" not in out  # the best one learned every task
 
 
 # ------------------------------------------------------------------------------ resume

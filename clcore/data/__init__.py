@@ -195,7 +195,7 @@ def build_benchmark(config: BenchmarkConfig, raw: RawData, device: torch.device 
     }
     parts = {k: (x.to(device), y.to(device)) for k, (x, y) in parts.items()}
     n_classes = BENCHMARK_CLASSES[config.name]
-    k = n_classes // config.n_tasks if config.name in SPLIT_BENCHMARKS else n_classes
+    k = config.classes_per_task
 
     if config.name in SPLIT_BENCHMARKS:
         if config.class_order is not None:
