@@ -228,6 +228,7 @@ def format_summary(state, table: bool = True) -> str:
         lines.append(f"best trial {best.trial_id}: {metric} = {best.last[metric]:.4f} ({spec.mode}) "
                      f"after {best.tasks_seen}/{best.n_tasks} tasks")
         lines += _plasticity(best, spec)
+        lines += _finalists(state)
         lines += [f"  {k} = {_short(v)}" for k, v in best.params.items()]
         for name, key in (("validation", "val_matrix"), ("test", "test_matrix")):
             if best.last.get(key):
@@ -260,6 +261,19 @@ def _plasticity(trial, spec) -> list[str]:
         lines.append(f"warning: the best trial learned task {worst} only to {learned[worst]:.4f} (chance "
                      f"{benchmark.chance_on_task(worst):.4f}): it may have stopped learning; objective.require: "
                      f"{{val_min_accuracy_current_task: '>= 0.9'}} rejects such trials")
+    return lines
+
+
+def _finalists(state) -> list[str]:
+    """Each finalist's objective over its fresh seeds, mean ± std, beside its search score."""
+    rows = state.to_summary()["finalists"]
+    if not rows:
+        return []
+    lines = [f"  chosen on the finalists' mean over seeds {rows[0]['seeds']} (its search score was one seed's):"]
+    for row in sorted(rows, key=lambda r: r["mean"], reverse=state.spec.mode == "max"):
+        gap = row["mean"] - row["search_value"]
+        lines.append(f"    {row['trial_id']}  {row['mean']:.4f} ± {row['std']:.4f}   search {row['search_value']:.4f}"
+                     f"   gap {gap:+.4f}")
     return lines
 
 

@@ -45,9 +45,10 @@ from ray.tune.search.optuna import OptunaSearch
 from clcore.data import load_raw
 from sweeps import environment, localray, space
 from sweeps.ray_private import BestOfCompleteReporter, attach_callbacks
-from sweeps.spec import OBJECTIVE_ATTR, SweepSpec
-from sweeps.storage import (BEST_CONFIG_FILE, CHECKPOINT_DIRS, ERROR, FAILURE_FILE, SPEC_FILE, SUMMARY_FILE, TERMINATED,
-                            TIME_ATTR, SweepState, TrialLedger, TrialRecord, load_sweep, trial_dirname)
+from sweeps.spec import OBJECTIVE_ATTR, Fifo, Selection, SweepSpec
+from sweeps.storage import (BEST_CONFIG_FILE, CHECKPOINT_DIRS, ERROR, FAILURE_FILE, FINALIST_OF, FINALISTS_DIR,
+                            SPEC_FILE, SUMMARY_FILE, TERMINATED, TIME_ATTR, SweepState, TrialLedger, TrialRecord,
+                            load_sweep, trial_dirname)
 from sweeps.trainable import TrialLoggerFactory, run_trial
 
 # Ray settings for a readable console and lean storage; set only where the user has not. Ray
@@ -110,7 +111,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
         spec.to_yaml(path / SPEC_FILE)
         tracking.sweep_started(spec, path, resumed=False)
         tuner = _new_tuner(spec, path, raw, tracking, verbose)
-        return _fit(tuner, spec, path, tracking)
+        return _fit(tuner, spec, path, tracking, raw, verbose)
 
 
 def _concurrency_fitted(spec: SweepSpec, verbose: int) -> SweepSpec:
@@ -180,7 +181,7 @@ def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: O
         tracking.sweep_started(spec, path, resumed=True)  # before trial_logger() is asked for
         tuner = tune.Tuner.restore(str(path), _trainable(spec, raw, tracking), resume_unfinished=True,
                                    resume_errored=errored == "resume", restart_errored=errored == "restart")
-        return _fit(tuner, spec, path, tracking)
+        return _fit(tuner, spec, path, tracking, raw)
 
 
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> Optional[Path]:
@@ -256,13 +257,18 @@ def _trial_dirname(trial) -> str:
     return trial_dirname(trial.trial_id)
 
 
-def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking) -> SweepState:
+def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking, raw, verbose: int = 1) -> SweepState:
     attach_callbacks(tuner, [_TrialLedgerCallback(path), *tracking.callbacks()])
     started = time.perf_counter()
     tuner.fit()
     state = load_sweep(path)
+    if spec.selection.finalists:
+        _run_finalists(spec, state, raw, verbose)
+        state = load_sweep(path)
     if not spec.storage.keep_ended:
         state.prune_checkpoints()
+        if state.finalists is not None:
+            state.finalists.prune_checkpoints()
     state.wall_seconds = time.perf_counter() - started
     (path / SUMMARY_FILE).write_text(json.dumps(state.to_summary(), indent=2, default=str))
     best = state.best()
@@ -270,6 +276,49 @@ def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking) -> SweepState:
         state.trial_config(best).to_yaml(path / BEST_CONFIG_FILE)
     tracking.sweep_finished(spec, state)
     return state
+
+
+def _run_finalists(spec: SweepSpec, state: SweepState, raw, verbose: int) -> None:
+    """The ``selection.finalists`` best complete trials, trained again on ``selection.seeds`` fresh
+    seeds each, in parallel: a sweep of its own in ``<sweep>/finalists`` (FIFO, every run to the end),
+    not tracked in MLflow as trials (the parent run and the finalists' trial runs get their means). A
+    finalists phase that did not finish (the driver stopped) starts again from the beginning."""
+    finalists = [t for t in state.ranked() if t.outcome == "complete"][:spec.selection.finalists]
+    folder = state.path / FINALISTS_DIR
+    if state.finalists is not None and len(state.finalists.trials) == len(finalists) * spec.selection.seeds and all(
+            t.outcome.ended for t in state.finalists.trials):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    if not finalists:
+        return
+    seeds = spec.selection.fresh_seeds(spec.example_config().seed)
+    runs = spec.model_copy(update={"name": FINALISTS_DIR, "scheduler": Fifo(name="fifo"),
+                                   "storage": spec.storage.model_copy(update={"path": str(state.path)}),
+                                   "selection": Selection()})
+    folder.mkdir(parents=True)
+    runs.to_yaml(folder / SPEC_FILE)
+    if verbose:
+        print(f"clsweep: {len(finalists)} finalists, each on seeds {seeds}", flush=True)
+    trainable = tune.with_parameters(_run_finalist, spec=runs, raw=raw,
+                                     finalists={t.trial_id: t.params for t in finalists})
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+        param_space={FINALIST_OF: tune.grid_search([t.trial_id for t in finalists]), "seed": tune.grid_search(seeds)},
+        tune_config=tune.TuneConfig(metric=OBJECTIVE_ATTR, mode=spec.mode, reuse_actors=True,
+                                    max_concurrent_trials=spec.algorithm.max_concurrent,
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=FINALISTS_DIR, storage_path=str(state.path), verbose=min(verbose, 1),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.storage.checkpoints_to_keep)))
+    attach_callbacks(tuner, [_TrialLedgerCallback(folder)])
+    tuner.fit()
+
+
+def _run_finalist(config: dict, *, spec: SweepSpec, raw, finalists: dict[str, dict]) -> None:
+    """One finalist on one fresh seed: its search trial's values, and ``seed``."""
+    run_trial({**finalists[config[FINALIST_OF]], FINALIST_OF: config[FINALIST_OF], "seed": config["seed"]},
+              spec=spec, raw=raw)
 
 
 def _reporter(spec: SweepSpec):

@@ -11,7 +11,9 @@ A sweep file says everything about a sweep::
     search:                               # dotted config path -> distribution
       strategy.lambda: {dist: loguniform, low: 1.0, high: 1.0e+10}
       train.lr: {dist: loguniform, low: 1.0e-3, high: 0.3}
-    objective: {metric: val_average_accuracy, mode: max}      # a validation metric, never test
+    objective: {metric: val_average_accuracy, mode: max,      # a validation metric, never test
+                require: {val_min_accuracy_current_task: ">= 0.9"}}   # kept after every task, or rejected
+    selection: {finalists: 3, seeds: 3}   # the 3 best trained again on 3 fresh seeds; the best mean wins
     algorithm: {name: optuna, num_samples: 32, max_concurrent: null, seed: 0,   # null: what the cluster fits
                 points_to_evaluate: [{strategy.lambda: 100.0, train.lr: 0.01}]}
     scheduler: {name: asha, grace_period: 2, reduction_factor: 2}
@@ -43,6 +45,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import math
 from dataclasses import dataclass
 import re
 import typing
@@ -369,6 +372,20 @@ class Storage(_Section):
     keep_ended: Bool = False  # keep ended trials' checkpoints after the sweep (default: the best trial's newest only)
 
 
+class Selection(_Section):
+    """After the search, the ``finalists`` best complete trials train again on ``seeds`` fresh seeds
+    each (the config's ``seed``: initialisation and batch order; the benchmark, ``benchmark.seed``,
+    stays), and the winner is the finalist with the best mean validation objective: a seed that was
+    lucky in the search (the winner's curse) does not pick the winner. 0 finalists: the search decides."""
+
+    finalists: _kind(int, ge=0) = 0
+    seeds: _kind(int, ge=1) = 3
+
+    def fresh_seeds(self, search_seed: int) -> list[int]:
+        """Seeds the search did not use (it trained every trial with ``search_seed``)."""
+        return [search_seed + 1 + i for i in range(self.seeds)]
+
+
 class TrackingSpec(_Section):
     mlflow: Bool = False
     tracking_uri: Optional[Str] = None  # null: $MLFLOW_TRACKING_URI, else the tracking layer's default
@@ -397,6 +414,7 @@ class SweepSpec(_Section):
     base: dict  # the ExperimentConfig mapping as written (searched fields may be absent); clcore validates it
     search: Annotated[dict[str, AnyDistribution], Field(min_length=1)]
     objective: Objective = Field(default_factory=Objective)
+    selection: Selection = Field(default_factory=Selection)
     algorithm: Algorithm = Field(default_factory=Algorithm)
     scheduler: Annotated[AnyScheduler, BeforeValidator(
         _scheduler_by_name, json_schema_input_type=Union[Literal[tuple(SCHEDULERS)], AnyScheduler])
@@ -427,11 +445,11 @@ class SweepSpec(_Section):
     def trial_config(self, params: dict[str, Any]) -> ExperimentConfig:
         """The validated ExperimentConfig of a trial whose searched values are ``params``.
 
-        ``params`` is a trial's Ray config (search keys to values, list values encoded as strings);
-        keys that are not search keys are ignored.
+        ``params`` is a trial's Ray config (search keys to values, list values encoded as strings), and
+        ``seed`` for a finalist's run on a fresh seed; other keys are ignored.
         """
         return ExperimentConfig.from_dict(_merged(self.base, {
-            key: decode_value(key, value) for key, value in params.items() if key in self.search}))
+            key: decode_value(key, value) for key, value in params.items() if key in self.search or key == "seed"}))
 
     def example_config(self) -> ExperimentConfig:
         """The config with every searched field at its first value (what the sweep's data comes from)."""
@@ -444,6 +462,12 @@ class SweepSpec(_Section):
     @property
     def mode(self) -> str:
         return self.objective.mode
+
+    @property
+    def selected_on(self) -> str:
+        """The metric the best trial is chosen on (MLflow's ``clsweep.metric``): the objective, or with
+        finalists its mean over their fresh seeds, ``finalists_<objective>``."""
+        return f"finalists_{self.objective.metric}" if self.selection.finalists else self.objective.metric
 
     @property
     def experiment_path(self) -> Path:
@@ -578,7 +602,7 @@ def apply_override(data: dict, key: str, value: Any, source: str = "<dict>") -> 
             set_path(data["base"], rest, value)
         except ConfigError as error:
             raise SpecError(source, f"base.{error.field}", error.message) from None
-    elif head in ("objective", "algorithm", "scheduler", "resources", "storage", "tracking") and "." not in rest:
+    elif head in SECTIONS and head not in ("name", "description", "base", "search", "max_failures") and "." not in rest:
         section = data.get(head)
         data[head] = section = dict(section) if isinstance(section, dict) else ({"name": section} if section else {})
         section[rest] = value
@@ -709,6 +733,19 @@ class _Rules:
         self.scheduler(spec.scheduler, spec.search, spec.algorithm, first.benchmark.n_tasks)
         self.resources(spec.resources, first, spec.search)
         self.storage(spec.storage, spec.scheduler)
+        self.selection(spec.selection, spec.search, spec.algorithm)
+
+    def selection(self, selection: Selection, search: dict[str, Distribution], algorithm: Algorithm) -> None:
+        if not selection.finalists:
+            return
+        if "seed" in search:
+            raise self.error("search.seed", "finalists train again on fresh seeds: the seed is not a "
+                                            "hyperparameter to search", "selection.finalists: 0 to search seeds")
+        trials = algorithm.num_samples * (math.prod(len(d.values) for d in search.values() if d.dist == "grid")
+                                          if algorithm.name != "optuna" else 1)
+        if selection.finalists > trials:
+            raise self.error("selection.finalists", f"{selection.finalists} finalists from {trials} trials",
+                             f"0..{trials}")
 
     # -------------------------------------------------------------- search
     def search(self, search: dict[str, Distribution]) -> None:

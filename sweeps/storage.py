@@ -13,6 +13,8 @@ record, in JSON only:
                         default 2) while the trial runs; when the sweep ends, only failed and
                         unfinished trials keep theirs (a resume continues them) and the best trial
                         its newest (`prune_checkpoints`; ``storage.keep_ended`` keeps all)
+    finalists/          with ``selection.finalists``: the finalists trained again on fresh seeds, a
+                        sweep folder of its own (its trials' Ray config: ``finalist_of``, ``seed``)
     summary.json, best_config.yaml   after the sweep
 
 `load_sweep` rebuilds every trial from these files alone, so ``clsweep status``, ``best`` and
@@ -27,6 +29,7 @@ import enum
 import json
 import math
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,8 @@ TASKS_FILE = "tasks.jsonl"  # in each trial's folder: one line per reported task
 FAILURE_FILE = "clsweep_failure.json"  # in a trial's folder; written by a deterministic failure
 TIME_ATTR = "tasks_seen"  # the schedulers' time axis
 CHECKPOINT_DIRS = "checkpoint_*"  # Ray's checkpoint folders in a trial's folder
+FINALISTS_DIR = "finalists"  # in the sweep's folder: the finalists' runs on fresh seeds, a sweep folder itself
+FINALIST_OF = "finalist_of"  # a finalist run's Ray config: {finalist_of: <search trial id>, seed: <fresh seed>}
 
 # Ray's trial statuses as the ledger records them.
 TERMINATED, ERROR, RUNNING, PENDING = "TERMINATED", "ERROR", "RUNNING", "PENDING"
@@ -122,6 +127,19 @@ class SweepState:
     path: Path
     trials: list[TrialRecord] = field(default_factory=list)
     wall_seconds: Optional[float] = None  # of the last run or resume that ended (its summary.json)
+    finalists: Optional["SweepState"] = None  # the finalists' runs on fresh seeds (``selection.finalists``)
+
+    def finalist_scores(self) -> dict[str, list[float]]:
+        """Search trial id -> its objective on each fresh seed, for finalists whose every seed's run
+        completed and kept the objective's requirements."""
+        if self.finalists is None:
+            return {}
+        metric, scores = self.spec.objective.metric, {}
+        for run in self.finalists.trials:
+            scores.setdefault(run.params[FINALIST_OF], []).append(
+                run.last.get(metric) if run.outcome == Outcome.COMPLETE else None)
+        return {trial_id: values for trial_id, values in scores.items()
+                if len(values) == self.spec.selection.seeds and all(_finite(v) for v in values)}
 
     def ranked(self) -> list[TrialRecord]:
         """Complete trials best first, then the others by tasks seen: only complete trials' scores compare
@@ -134,10 +152,19 @@ class SweepState:
                 sorted(rest, key=lambda t: (-t.tasks_seen, t.trial_id)))
 
     def best(self) -> Optional[TrialRecord]:
-        """The complete trial with the best objective (None while no trial is complete)."""
+        """The complete trial with the best objective (None while no trial is complete); with finalists,
+        the finalist with the best mean objective over its fresh seeds."""
+        scores = self.finalist_scores()
+        if scores:
+            sign = 1 if self.spec.mode == "max" else -1
+            winner = max(scores, key=lambda t: (sign * statistics.fmean(scores[t]), t))
+            return next(t for t in self.trials if t.trial_id == winner)
         ranked = self.ranked()
         return ranked[0] if ranked and ranked[0].outcome == Outcome.COMPLETE and \
             _finite(ranked[0].last.get(self.spec.objective.metric)) else None
+
+    def trial(self, trial_id: str) -> TrialRecord:
+        return next(t for t in self.trials if t.trial_id == trial_id)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -153,6 +180,10 @@ class SweepState:
         return {
             "name": self.spec.name, "path": str(self.path), "objective": self.spec.objective.metric,
             "mode": self.spec.mode, "wall_seconds": self.wall_seconds, "counts": self.counts(),
+            "finalists": [{"trial_id": t, "seeds": self.spec.selection.fresh_seeds(self.spec.example_config().seed),
+                           "values": v, "mean": statistics.fmean(v), "std": statistics.pstdev(v),
+                           "search_value": self.trial(t).last.get(self.spec.objective.metric)}
+                          for t, v in self.finalist_scores().items()],
             "storage_bytes": folder_bytes(self.path),
             "best_trial": None if best is None else {
                 "trial_id": best.trial_id, "value": best.last[self.spec.objective.metric], "params": best.params,
@@ -247,7 +278,8 @@ def load_sweep(path: str | Path) -> SweepState:
             if history else None))
     summary = path / SUMMARY_FILE  # written by the driver when a run or resume ends
     wall = json.loads(summary.read_text()).get("wall_seconds") if summary.exists() else None
-    return SweepState(spec, path, trials, wall)
+    finalists = load_sweep(path / FINALISTS_DIR) if (path / FINALISTS_DIR / SPEC_FILE).exists() else None
+    return SweepState(spec, path, trials, wall, finalists)
 
 
 def _json_lines(file: Path) -> list[dict]:
@@ -277,4 +309,5 @@ def _finite(value) -> bool:
 
 
 __all__ = ["Outcome", "TrialRecord", "SweepState", "TrialLedger", "load_sweep", "trial_dirname", "SPEC_FILE", "TRIALS_FILE",
-           "SUMMARY_FILE", "BEST_CONFIG_FILE", "TASKS_FILE", "FAILURE_FILE", "TIME_ATTR", "CHECKPOINT_DIRS", "folder_bytes"]
+           "SUMMARY_FILE", "BEST_CONFIG_FILE", "TASKS_FILE", "FAILURE_FILE", "TIME_ATTR", "CHECKPOINT_DIRS", "folder_bytes",
+           "FINALISTS_DIR", "FINALIST_OF"]

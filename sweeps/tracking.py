@@ -184,7 +184,7 @@ class SweepTracker:
         check_reachable(self.identity.tracking_uri)
         self.store = Store(self.identity.tracking_uri, self.spec.name)
         spec, store = self.spec, self.store
-        tags = {KIND_TAG: "sweep", SWEEP_ID_TAG: self.identity.sweep_id, METRIC_TAG: spec.objective.metric,
+        tags = {KIND_TAG: "sweep", SWEEP_ID_TAG: self.identity.sweep_id, METRIC_TAG: spec.selected_on,
                 MODE_TAG: spec.mode, "clsweep.storage_path": str(self.folder), **self.identity.tags}
         address = ray_address()
         if address:
@@ -312,6 +312,20 @@ class SweepTracker:
         return SyncReport(self.identity.tracking_uri, self.store.experiment_id, self.parent.info.run_id, run_ids,
                           best.trial_id if best else None)
 
+    def log_finalists(self, state: "SweepState", run_ids: dict[str, str]) -> None:
+        """On each finalist's trial run: the mean and std of its objective over its fresh seeds, the
+        metric `sweeps.best` ranks by when the sweep has finalists (``spec.selected_on``)."""
+        import statistics
+
+        from mlflow.entities import Metric
+
+        now, name = int(time.time() * 1000), state.spec.selected_on
+        for trial_id, values in state.finalist_scores().items():
+            if trial_id in run_ids:
+                metrics = {name: statistics.fmean(values), f"{name}_std": statistics.pstdev(values)}
+                self.store.client.log_batch(run_ids[trial_id], synchronous=True, metrics=[
+                    Metric(k, v, now, len(values)) for k, v in metrics.items()])
+
     def summarize(self, state: "SweepState", run_ids: dict[str, str]) -> Optional["TrialRecord"]:
         """On the parent run: the best trial's metrics and config, and the sweep's plots."""
         from sweeps import plots
@@ -333,6 +347,7 @@ class SweepTracker:
             store.log_tags(parent, {BEST_TRIAL_TAG: best.trial_id, BEST_RUN_TAG: run_ids.get(best.trial_id, ""),
                                     **{f"best.{k}": _param_value(v) for k, v in config.flat().items()}})
             files["best_config.yaml"] = config.to_yaml
+        self.log_finalists(state, run_ids)
         trials = [plots.TrialPoint(t.trial_id, state.trial_config(t), t.outcome.tag, t.last)
                   for t in state.trials if t.history]
         metric = spec.objective.metric

@@ -178,6 +178,17 @@ def test_requirements_are_checked_after_every_task_on_the_validation_matrix():
     assert SweepSpec.from_dict(small()).objective.broken(stuck) is None  # nothing required
 
 
+def test_finalists_need_an_unsearched_seed_and_enough_trials():
+    assert SweepSpec.from_dict(small(selection={"finalists": 3})).selection.fresh_seeds(0) == [1, 2, 3]
+    data = small(selection={"finalists": 2})
+    data["search"]["seed"] = {"dist": "choice", "values": [0, 1]}
+    with pytest.raises(SpecError, match="search.seed: finalists train again on fresh seeds"):
+        SweepSpec.from_dict(data)
+    with pytest.raises(SpecError, match=r"selection.finalists: 9 finalists from 8 trials; allowed: 0..8"):
+        SweepSpec.from_dict(small(selection={"finalists": 9}))
+    assert SweepSpec.from_dict(small(selection={"finalists": 2})).selected_on == "finalists_val_average_accuracy"
+
+
 def test_override_errors_name_the_key():
     with pytest.raises(SpecError, match=r"<dict>: sheduler.name: is neither a sweep setting nor a config field"):
         SweepSpec.from_dict(small(), overrides=["sheduler.name=fifo"])

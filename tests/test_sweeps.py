@@ -28,7 +28,7 @@ ray = pytest.importorskip("ray")
 
 from sweeps import space  # noqa: E402  (imports Ray)
 from sweeps.runner import load_sweep, run_sweep, trials_that_fit  # noqa: E402
-from sweeps.storage import CHECKPOINT_DIRS, TASKS_FILE, TRIALS_FILE, folder_bytes  # noqa: E402
+from sweeps.storage import CHECKPOINT_DIRS, FINALIST_OF, TASKS_FILE, TRIALS_FILE, folder_bytes  # noqa: E402
 
 
 def sweep(tmp_path: Path, name: str, **sections) -> dict:
@@ -198,6 +198,38 @@ def test_a_trial_that_stops_learning_is_rejected_by_the_objectives_requirement(t
     assert f"{stuck.trial_id}: rejected: val_min_accuracy_current_task >= 0.9, broken after task 1" in out
     assert "required after every task: val_min_accuracy_current_task >= 0.9 (1 trials rejected)" in out
     assert "lowest right after learning" in out and "warning" not in out  # the best one learned every task
+
+
+def test_finalists_train_again_on_fresh_seeds_and_the_best_mean_wins(tmp_path, local_ray, capsys):
+    spec = SweepSpec.from_dict(sweep(
+        tmp_path, "finalists", search={"train.lr": {"dist": "grid", "values": [0.003, 0.03, 0.3]}},
+        algorithm={"name": "grid"}, scheduler="fifo", selection={"finalists": 2, "seeds": 2}),
+        overrides=["benchmark.n_tasks=2"])
+    from sweeps.best import best_run
+    from sweeps.tracking import MLflowTracking
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    state = run_sweep(spec, verbose=0, tracking=MLflowTracking(uri))
+
+    top2 = [t.trial_id for t in state.ranked()[:2]]
+    runs = state.finalists.trials
+    assert sorted((r.params[FINALIST_OF], r.params["seed"]) for r in runs) == sorted(
+        (t, s) for t in top2 for s in (1, 2))  # the search trained every trial with seed 0
+    for run in runs:  # the search trial's values, the fresh seed
+        assert run.outcome == "complete" and run.last["config"]["train.lr"] == state.trial(run.params[FINALIST_OF]).params["train.lr"]
+    scores = state.finalist_scores()
+    assert set(scores) == set(top2) and all(len(v) == 2 for v in scores.values())
+    winner = max(scores, key=lambda t: sum(scores[t]))
+    assert state.best().trial_id == winner
+    summary = json.loads((spec.experiment_path / "summary.json").read_text())
+    assert summary["best_trial"]["trial_id"] == winner and {r["trial_id"] for r in summary["finalists"]} == set(top2)
+    assert ExperimentConfig.from_yaml(spec.experiment_path / "best_config.yaml") == state.trial_config(state.best())
+    capsys.readouterr()
+    assert main(["status", str(spec.experiment_path)]) == 0
+    assert "chosen on the finalists' mean over seeds [1, 2]" in capsys.readouterr().out
+    best = best_run("finalists", tracking_uri=uri)  # MLflow ranks by the finalists' mean too
+    assert best.trial_id == winner and best.metric == "finalists_val_average_accuracy"
+    assert best.metrics["finalists_val_average_accuracy"] == pytest.approx(sum(scores[winner]) / 2)
 
 
 # ------------------------------------------------------------------------------ resume
