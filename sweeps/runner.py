@@ -377,7 +377,9 @@ def search_algorithm(spec: SweepSpec):
         sampler = (optuna.samplers.RandomSampler(seed=a.seed) if a.sampler == "random" else
                    optuna.samplers.TPESampler(seed=a.seed, **({"n_startup_trials": a.n_startup_trials}
                                                               if a.n_startup_trials else {})))
-        searcher = _OptunaSearch(n_tasks=spec.n_tasks, sampler=sampler, points_to_evaluate=points)
+        by_run = {"space": space.define_by_run(spec), "metric": OBJECTIVE_ATTR, "mode": spec.mode} \
+            if space.uses_define_by_run(spec) else {}  # conditional keys: Optuna asks for them by run
+        searcher = _OptunaSearch(n_tasks=spec.n_tasks, sampler=sampler, points_to_evaluate=points, **by_run)
         return ConcurrencyLimiter(searcher, a.max_concurrent) if a.max_concurrent else searcher
     return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=a.max_concurrent or 0,
                                  random_state=a.seed)

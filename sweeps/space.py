@@ -17,8 +17,41 @@ from sweeps.spec import Distribution, SweepSpec, encode_value, field_kind
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
-    """``{dotted path: Ray Tune domain}`` for `tune.Tuner(param_space=...)`."""
+    """``{dotted path: Ray Tune domain}`` for `tune.Tuner(param_space=...)`; empty when Optuna defines
+    the space by run (`define_by_run`)."""
+    if uses_define_by_run(spec):
+        return {}
     return {key: domain(d, _integer(key, d)) for key, d in spec.search.items()}
+
+
+def uses_define_by_run(spec: SweepSpec) -> bool:
+    """Optuna with conditional keys (`SweepSpec.conditions`): it asks for each only when its condition holds."""
+    return spec.algorithm.name == "optuna" and bool(spec.conditions())
+
+
+class define_by_run:  # noqa: N801 - used as a function: define_by_run(spec) is Optuna's space
+    """Optuna's define-by-run space: the unconditional keys first, then each conditional key only when
+    the value drawn for its condition's key is the one it needs, so TPE models it on the trials where
+    it exists. The same distributions as `domain` (log scales, integer fields, steps of q). A class,
+    not a closure: Ray pickles the searcher with its space into the experiment state."""
+
+    def __init__(self, spec: SweepSpec):
+        self.spec = spec
+
+    def __call__(self, trial) -> None:
+        search, conditions = self.spec.search, self.spec.conditions()
+        drawn: dict[str, Any] = {}
+        for key in [k for k in search if k not in conditions] + [k for k in search if k in conditions]:
+            if key in conditions and drawn.get(conditions[key][0]) != conditions[key][1]:
+                continue
+            d = search[key]
+            if d.discrete:
+                encoded = {encode_value(v): v for v in d.values}
+                drawn[key] = encoded[trial.suggest_categorical(key, list(encoded))]
+                continue
+            suggest = trial.suggest_int if _integer(key, d) else trial.suggest_float
+            step = {"step": d.q} if d.q is not None else {}
+            drawn[key] = suggest(key, d.low, d.high, log=d.dist in ("loguniform", "qloguniform") and not step, **step)
 
 
 def domain(d: Distribution, integer: bool):
@@ -77,4 +110,4 @@ def _integer(key: str, d: Distribution) -> bool:
     return d.dist == "randint" or field_kind(key) == "int"
 
 
-__all__ = ["param_space", "domain", "points_to_evaluate", "pbt_mutations", "ClipToSpace"]
+__all__ = ["param_space", "domain", "define_by_run", "uses_define_by_run", "points_to_evaluate", "pbt_mutations", "ClipToSpace"]

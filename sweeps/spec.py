@@ -36,8 +36,12 @@ reads ``<file>: <field>: <problem>; allowed: ...``. The file's shape is the pyda
 the JSON Schema of the same models); `_Rules` checks what lies between fields. A distribution is
 checked against the field it searches: each bound (or value) is applied to the base config, so
 ExperimentConfig's own rules decide (lambda > 0, alpha in [0, 1], delta_t an integer >= 1,
-decay_factor in (0, 1], a parameter the strategy does not have, ...). Spaces are not conditional:
-every value of every distribution must make a valid config with the first value of all the others.
+decay_factor in (0, 1], a parameter the strategy does not have, ...): every value of every
+distribution must make a valid config with the first value of all the others. A parameter that
+exists only under a choice of a searched sibling (its declaration's ``applies_when``, e.g.
+``strategy.decay_factor`` with ``strategy.mode: {dist: choice, values: [separate, online]}``) is
+conditional (`SweepSpec.conditions`): checked with its condition met, left out of trials where it is
+not, and asked for by Optuna only where it is (define-by-run, `sweeps.space.define_by_run`).
 """
 
 from __future__ import annotations
@@ -56,8 +60,8 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
-from clcore.config import (ConfigError, ExperimentConfig, YamlFileError, config_paths, mutable_paths, parse_override,
-                           read_yaml_file, set_path)
+from clcore.config import (ConfigError, ExperimentConfig, StrategyConfig, YamlFileError, config_paths, mutable_paths,
+                           parse_override, read_yaml_file, set_path)
 from clcore.params import RuleError, coerce
 from clcore.metrics import UNMEASURABLE
 
@@ -448,8 +452,37 @@ class SweepSpec(_Section):
         ``params`` is a trial's Ray config (search keys to values, list values encoded as strings), and
         ``seed`` for a finalist's run on a fresh seed; other keys are ignored.
         """
-        return ExperimentConfig.from_dict(_merged(self.base, {
-            key: decode_value(key, value) for key, value in params.items() if key in self.search or key == "seed"}))
+        values = {key: decode_value(key, value) for key, value in params.items() if key in self.search or key == "seed"}
+        return ExperimentConfig.from_dict(_merged(self.base, self.active(values)))
+
+    def conditions(self) -> dict[str, tuple[str, Any]]:
+        """Searched keys that exist only under a value of another searched key, ``{key: (that key, value)}``:
+        a strategy parameter declared ``applies_when`` a sibling that is searched with that value among its
+        choices (``strategy.decay_factor`` under ``strategy.mode: online``). Optuna asks for such a key only
+        when its condition holds (define-by-run); other searchers draw it always and the trial drops it."""
+        from clcore.strategies import catalogue  # reads declarations; no torch
+
+        strategy = (self.base.get("strategy") or {}).get("name", StrategyConfig.name)
+        declared = catalogue.strategies().get(strategy)
+        out = {}
+        for key in self.search:
+            name = key.removeprefix("strategy.")
+            if declared is None or key == name or name not in declared.params.names:
+                continue
+            applies_when = declared.params[name].applies_when
+            if applies_when is None:
+                continue
+            sibling, wanted = f"strategy.{applies_when[0]}", applies_when[1]
+            d = self.search.get(sibling)
+            if d is not None and d.discrete and wanted in d.values:
+                out[key] = (sibling, wanted)
+        return out
+
+    def active(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` without the keys whose condition (`conditions`) they do not meet."""
+        conditions = self.conditions()
+        return {k: v for k, v in values.items()
+                if k not in conditions or values.get(conditions[k][0]) == conditions[k][1]}
 
     def example_config(self) -> ExperimentConfig:
         """The config with every searched field at its first value (what the sweep's data comes from)."""
@@ -726,8 +759,9 @@ class _Rules:
         return SpecError(self.source, field_path, problem, allowed)
 
     def check(self, spec: SweepSpec) -> None:
+        self.spec = spec
         self.search(spec.search)
-        first = self.check_values(spec.base, spec.search)
+        first = self.check_values(spec)
         self.objective(spec.objective, first, spec.search)
         self.algorithm(spec.algorithm, spec.search, first)
         self.scheduler(spec.scheduler, spec.search, spec.algorithm, first.benchmark.n_tasks)
@@ -795,13 +829,14 @@ class _Rules:
             if d.q is not None:
                 d.q = int(d.q)
 
-    def check_values(self, base: dict, search: dict[str, Distribution]) -> ExperimentConfig:
-        """Every candidate value of every distribution, with the others at their first value, must
-        make a valid ExperimentConfig. Candidate values are normalised by the config (types,
-        ``"1e-3"`` strings). Returns the config with all first values."""
+    def check_values(self, spec: SweepSpec) -> ExperimentConfig:
+        """Every candidate value of every distribution, with the others at their first value (and a
+        conditional key's condition met), must make a valid ExperimentConfig. Candidate values are
+        normalised by the config (types, ``"1e-3"`` strings). Returns the config with all first values."""
+        base, search, conditions = spec.base, spec.search, spec.conditions()
         first = {k: d.candidates()[0] for k, d in search.items()}
         try:
-            config = ExperimentConfig.from_dict(_merged(base, first))
+            config = ExperimentConfig.from_dict(_merged(base, spec.active(first)))
         except ConfigError as error:
             if error.field in search:
                 raise self.invalid(error.field, search[error.field], first[error.field], error) from None
@@ -809,12 +844,17 @@ class _Rules:
         for key, d in search.items():
             normalised = []
             for value in d.candidates():
+                values = {**first, key: value, **dict([conditions[key]] if key in conditions else [])}
                 try:
-                    normalised.append(config.with_overrides({key: value}).flat()[key])
+                    normalised.append(ExperimentConfig.from_dict(_merged(base, spec.active(values))).flat()[key])
                 except ConfigError as error:
                     raise self.invalid(key, d, value, error) from None
             if d.discrete:
                 d.values = normalised
+            if key in conditions and d.dist == "grid":
+                raise self.error(f"search.{key}", f"exists only when {conditions[key][0]} is "
+                                                  f"{conditions[key][1]!r}: a grid over it would repeat the trials "
+                                                  f"where it does not", "choice or a range (optuna, random)")
         return config
 
     def invalid(self, key: str, d: Distribution, value, error: ConfigError) -> SpecError:
@@ -888,18 +928,17 @@ class _Rules:
         for key, value in point.items():
             if key not in search:
                 raise self.error(f"{where}.{key}", "is not a key of the search space", ", ".join(search))
+        spec, firsts = self.spec, {k: d.candidates()[0] for k, d in search.items()}
+        for key, value in point.items():  # with the point's other values: a conditional key needs its condition
             d = search[key]
             try:
-                value = point[key] = first.with_overrides({key: value}).flat()[key]
+                value = point[key] = ExperimentConfig.from_dict(
+                    _merged(spec.base, spec.active({**firsts, **point, key: value}))).flat()[key]
             except ConfigError as error:
                 raise self.error(f"{where}.{key}", f"{value!r} makes an invalid config: {error}") from None
             if not d.contains(value):
                 allowed = repr(d.values) if d.discrete else f"[{d.low}, {d.high}]"
                 raise self.error(f"{where}.{key}", f"{value!r} is outside the search space", allowed)
-        try:
-            first.with_overrides(point)
-        except ConfigError as error:
-            raise self.error(where, f"makes an invalid config: {error}") from None
 
     def scheduler(self, s: Scheduler, search: dict[str, Distribution], algorithm: Algorithm, n_tasks: int) -> None:
         grace_period = getattr(s, "grace_period", None)

@@ -189,6 +189,54 @@ def test_finalists_need_an_unsearched_seed_and_enough_trials():
     assert SweepSpec.from_dict(small(selection={"finalists": 2})).selected_on == "finalists_val_average_accuracy"
 
 
+def conditional(**sections) -> dict:
+    """EWC's mode searched, and online EWC's decay_factor with it: a conditional space."""
+    data = small(**sections)
+    data["base"]["strategy"] = {"name": "ewc", "mode": "separate"}
+    data["search"]["strategy.mode"] = {"dist": "choice", "values": ["separate", "online"]}
+    return data
+
+
+def test_a_parameter_that_exists_under_one_choice_is_searched_only_there():
+    spec = SweepSpec.from_dict(conditional())
+    assert spec.conditions() == {"strategy.decay_factor": ("strategy.mode", "online")}  # from EWC's declaration
+    drawn = {"strategy.lambda": 3.0, "strategy.decay_factor": 0.7, "train.lr": 0.01}
+    assert spec.trial_config({**drawn, "strategy.mode": "online"}).strategy.decay_factor == 0.7
+    separate = spec.trial_config({**drawn, "strategy.mode": "separate"})  # drawn, but it does not exist there
+    assert separate.strategy.mode == "separate" and separate.strategy.decay_factor is None
+    assert spec.example_config().strategy.mode == "separate"
+    with pytest.raises(SpecError, match="search.strategy.decay_factor: .* only applies to mode 'online'"):
+        data = conditional()
+        data["search"]["strategy.mode"] = {"dist": "choice", "values": ["separate"]}  # never online: an error
+        SweepSpec.from_dict(data)
+    grid = conditional(algorithm={"name": "random", "num_samples": 2})
+    grid["search"]["strategy.decay_factor"] = {"dist": "grid", "values": [0.5, 0.9]}
+    with pytest.raises(SpecError, match="search.strategy.decay_factor: exists only when strategy.mode is 'online': "
+                                        "a grid over it would repeat the trials where it does not"):
+        SweepSpec.from_dict(grid)
+
+
+def test_optuna_asks_for_a_conditional_key_only_when_its_condition_holds():
+    import optuna
+
+    from sweeps import space
+
+    spec = SweepSpec.from_dict(conditional())
+    assert space.uses_define_by_run(spec) and space.param_space(spec) == {}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    modes = set()
+    for _ in range(12):
+        trial = study.ask()
+        space.define_by_run(spec)(trial)
+        modes.add(trial.params["strategy.mode"])
+        assert ("strategy.decay_factor" in trial.params) == (trial.params["strategy.mode"] == "online")
+        assert 0.5 <= trial.params.get("strategy.decay_factor", 0.5) <= 1.0
+        assert 1.0 <= trial.params["strategy.lambda"] <= 1e6
+        spec.trial_config(trial.params)  # a valid config either way
+    assert modes == {"separate", "online"}
+    assert not space.uses_define_by_run(SweepSpec.from_dict(small()))  # nothing conditional: Ray's own conversion
+
+
 def test_override_errors_name_the_key():
     with pytest.raises(SpecError, match=r"<dict>: sheduler.name: is neither a sweep setting nor a config field"):
         SweepSpec.from_dict(small(), overrides=["sheduler.name=fifo"])

@@ -200,6 +200,29 @@ def test_a_trial_that_stops_learning_is_rejected_by_the_objectives_requirement(t
     assert "lowest right after learning" in out and "warning" not in out  # the best one learned every task
 
 
+def test_optuna_searches_online_ewcs_decay_only_where_the_mode_is_online(tmp_path, local_ray):
+    data = sweep(tmp_path, "conditional", algorithm={
+        "name": "optuna", "num_samples": 4, "max_concurrent": 2, "seed": 0,
+        "points_to_evaluate": [{"strategy.mode": "separate", "train.lr": 0.05},
+                               {"strategy.mode": "online", "strategy.decay_factor": 0.7, "train.lr": 0.05}]},
+        scheduler="fifo", search={"strategy.mode": {"dist": "choice", "values": ["separate", "online"]},
+                                  "strategy.decay_factor": {"dist": "uniform", "low": 0.5, "high": 1.0},
+                                  "train.lr": {"dist": "loguniform", "low": 1e-3, "high": 0.1}})
+    data["base"]["strategy"] = {"name": "ewc", "lambda": 10.0}
+    state = run_sweep(SweepSpec.from_dict(data, overrides=["benchmark.n_tasks=2"]), verbose=0)
+
+    assert state.counts() == {"complete": 4}
+    modes = set()
+    for trial in state.trials:
+        mode = trial.params["strategy.mode"]
+        modes.add(mode)
+        assert ("strategy.decay_factor" in trial.params) == (mode == "online"), trial.params  # asked only there
+        config = state.trial_config(trial)
+        assert config.strategy.mode == mode and (config.strategy.decay_factor is None) == (mode == "separate")
+    assert modes == {"separate", "online"}
+    assert {t.params.get("strategy.decay_factor") for t in state.trials} >= {None, 0.7}
+
+
 def test_finalists_train_again_on_fresh_seeds_and_the_best_mean_wins(tmp_path, local_ray, capsys):
     spec = SweepSpec.from_dict(sweep(
         tmp_path, "finalists", search={"train.lr": {"dist": "grid", "values": [0.003, 0.03, 0.3]}},
