@@ -22,9 +22,10 @@ import yaml
 import clcore
 from clcore.config import ExperimentConfig
 from sweeps.cli import main
-from sweeps.spec import OBJECTIVE_ATTR, SweepSpec
+from sweeps.spec import OBJECTIVE_ATTR, SweepSpec, load_spec
 
 ray = pytest.importorskip("ray")
+ROOT = Path(__file__).resolve().parents[1]
 
 from sweeps import space  # noqa: E402  (imports Ray)
 from sweeps.runner import load_sweep, run_sweep, trials_that_fit  # noqa: E402
@@ -221,6 +222,24 @@ def test_optuna_searches_online_ewcs_decay_only_where_the_mode_is_online(tmp_pat
         assert config.strategy.mode == mode and (config.strategy.decay_factor is None) == (mode == "separate")
     assert modes == {"separate", "online"}
     assert {t.params.get("strategy.decay_factor") for t in state.trials} >= {None, 0.7}
+
+
+def test_on_the_quickstart_a_trial_that_does_not_learn_its_tasks_is_rejected(tmp_path, local_ray, mnist_dir):
+    """The shipped quickstart on real MNIST, constrained: lambda huge and lr tiny cannot learn a task
+    once EWC's penalty holds the weights, lambda 1 with lr 1e-3 learns each."""
+    spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml", [
+        f"benchmark.data_dir={mnist_dir}", f"storage.path={tmp_path}", "tracking.mlflow=false", "scheduler=fifo",
+        "algorithm.num_samples=2", "algorithm.max_concurrent=2",
+        "objective.require={val_min_accuracy_current_task: '>= 0.9'}",
+        "algorithm.points_to_evaluate=[{strategy.lambda: 1.0e+10, train.lr: 1.0e-4}, "
+        "{strategy.lambda: 1.0, train.lr: 1.0e-3}]"])
+    state = run_sweep(spec, verbose=0)
+    by_lambda = {t.params["strategy.lambda"]: t for t in state.trials}
+    stuck, learner = by_lambda[1e10], by_lambda[1.0]
+    assert stuck.outcome == "rejected" and "val_min_accuracy_current_task >= 0.9, broken after task" in stuck.broken
+    assert learner.outcome == "complete" and state.best().trial_id == learner.trial_id
+    diagonal = [row[k] for k, row in enumerate(stuck.last["val_matrix"])]
+    assert min(diagonal) < 0.9 <= min(row[k] for k, row in enumerate(learner.last["val_matrix"]))
 
 
 def test_finalists_train_again_on_fresh_seeds_and_the_best_mean_wins(tmp_path, local_ray, capsys):
