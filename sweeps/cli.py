@@ -266,7 +266,7 @@ def _plasticity(trial, spec) -> list[str]:
 
 def _finalists(state) -> list[str]:
     """Each finalist's objective over its fresh seeds, mean ± std, beside its search score."""
-    rows = state.to_summary()["finalists"]
+    rows = state.finalist_rows()
     if not rows:
         return []
     lines = [f"  chosen on the finalists' mean over seeds {rows[0]['seeds']} (its search score was one seed's):"]

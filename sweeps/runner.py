@@ -47,8 +47,8 @@ from sweeps import environment, localray, space
 from sweeps.ray_private import BestOfCompleteReporter, attach_callbacks
 from sweeps.spec import OBJECTIVE_ATTR, Fifo, Selection, SweepSpec
 from sweeps.storage import (BEST_CONFIG_FILE, CHECKPOINT_DIRS, ERROR, FAILURE_FILE, FINALIST_OF, FINALISTS_DIR,
-                            SPEC_FILE, SUMMARY_FILE, TERMINATED, TIME_ATTR, SweepState, TrialLedger, TrialRecord,
-                            load_sweep, trial_dirname)
+                            SPEC_FILE, SUMMARY_FILE, TERMINATED, TIME_ATTR, Outcome, SweepState, TrialLedger,
+                            TrialRecord, load_sweep, trial_dirname)
 from sweeps.trainable import TrialLoggerFactory, run_trial
 
 # Ray settings for a readable console and lean storage; set only where the user has not. Ray
@@ -267,8 +267,6 @@ def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking, raw, verbose: i
         state = load_sweep(path)
     if not spec.storage.keep_ended:
         state.prune_checkpoints()
-        if state.finalists is not None:
-            state.finalists.prune_checkpoints()
     state.wall_seconds = time.perf_counter() - started
     (path / SUMMARY_FILE).write_text(json.dumps(state.to_summary(), indent=2, default=str))
     best = state.best()
@@ -283,7 +281,7 @@ def _run_finalists(spec: SweepSpec, state: SweepState, raw, verbose: int) -> Non
     seeds each, in parallel: a sweep of its own in ``<sweep>/finalists`` (FIFO, every run to the end),
     not tracked in MLflow as trials (the parent run and the finalists' trial runs get their means). A
     finalists phase that did not finish (the driver stopped) starts again from the beginning."""
-    finalists = [t for t in state.ranked() if t.outcome == "complete"][:spec.selection.finalists]
+    finalists = [t for t in state.ranked() if t.outcome == Outcome.COMPLETE][:spec.selection.finalists]
     folder = state.path / FINALISTS_DIR
     if state.finalists is not None and len(state.finalists.trials) == len(finalists) * spec.selection.seeds and all(
             t.outcome.ended for t in state.finalists.trials):
@@ -291,7 +289,7 @@ def _run_finalists(spec: SweepSpec, state: SweepState, raw, verbose: int) -> Non
     shutil.rmtree(folder, ignore_errors=True)
     if not finalists:
         return
-    seeds = spec.selection.fresh_seeds(spec.example_config().seed)
+    seeds = spec.finalist_seeds
     runs = spec.model_copy(update={"name": FINALISTS_DIR, "scheduler": Fifo(name="fifo"),
                                    "storage": spec.storage.model_copy(update={"path": str(state.path)}),
                                    "selection": Selection()})

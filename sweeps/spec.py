@@ -497,6 +497,11 @@ class SweepSpec(_Section):
         return self.objective.mode
 
     @property
+    def finalist_seeds(self) -> list[int]:
+        """The fresh seeds finalists train on: after the one the search trained every trial with."""
+        return self.selection.fresh_seeds(self.example_config().seed)
+
+    @property
     def selected_on(self) -> str:
         """The metric the best trial is chosen on (MLflow's ``clsweep.metric``): the objective, or with
         finalists its mean over their fresh seeds, ``finalists_<objective>``."""
@@ -626,7 +631,7 @@ def apply_override(data: dict, key: str, value: Any, source: str = "<dict>") -> 
         else:
             search[rest] = value
     elif head in SECTIONS and not rest:
-        if head in ("algorithm", "scheduler") and isinstance(value, str):
+        if head == "algorithm" and isinstance(value, str):  # a scheduler's name: the model reads it
             value = {"name": value}
         data[head] = value
     elif head == "base":
@@ -833,10 +838,10 @@ class _Rules:
         """Every candidate value of every distribution, with the others at their first value (and a
         conditional key's condition met), must make a valid ExperimentConfig. Candidate values are
         normalised by the config (types, ``"1e-3"`` strings). Returns the config with all first values."""
-        base, search, conditions = spec.base, spec.search, spec.conditions()
+        search, conditions = spec.search, spec.conditions()
         first = {k: d.candidates()[0] for k, d in search.items()}
         try:
-            config = ExperimentConfig.from_dict(_merged(base, spec.active(first)))
+            config = spec.trial_config(first)
         except ConfigError as error:
             if error.field in search:
                 raise self.invalid(error.field, search[error.field], first[error.field], error) from None
@@ -844,9 +849,12 @@ class _Rules:
         for key, d in search.items():
             normalised = []
             for value in d.candidates():
-                values = {**first, key: value, **dict([conditions[key]] if key in conditions else [])}
+                values = {**first, key: value}
+                if key in conditions:  # checked where it exists
+                    sibling, wanted = conditions[key]
+                    values[sibling] = wanted
                 try:
-                    normalised.append(ExperimentConfig.from_dict(_merged(base, spec.active(values))).flat()[key])
+                    normalised.append(spec.trial_config(values).flat()[key])
                 except ConfigError as error:
                     raise self.invalid(key, d, value, error) from None
             if d.discrete:
@@ -932,8 +940,7 @@ class _Rules:
         for key, value in point.items():  # with the point's other values: a conditional key needs its condition
             d = search[key]
             try:
-                value = point[key] = ExperimentConfig.from_dict(
-                    _merged(spec.base, spec.active({**firsts, **point, key: value}))).flat()[key]
+                value = point[key] = spec.trial_config({**firsts, **point, key: value}).flat()[key]
             except ConfigError as error:
                 raise self.error(f"{where}.{key}", f"{value!r} makes an invalid config: {error}") from None
             if not d.contains(value):

@@ -157,11 +157,17 @@ class SweepState:
         scores = self.finalist_scores()
         if scores:
             sign = 1 if self.spec.mode == "max" else -1
-            winner = max(scores, key=lambda t: (sign * statistics.fmean(scores[t]), t))
-            return next(t for t in self.trials if t.trial_id == winner)
+            return self.trial(max(scores, key=lambda t: (sign * statistics.fmean(scores[t]), t)))
         ranked = self.ranked()
         return ranked[0] if ranked and ranked[0].outcome == Outcome.COMPLETE and \
             _finite(ranked[0].last.get(self.spec.objective.metric)) else None
+
+    def finalist_rows(self) -> list[dict]:
+        """Each finalist: its fresh seeds, objective on each, mean, std and its score in the search."""
+        seeds = self.spec.finalist_seeds
+        return [{"trial_id": t, "seeds": seeds, "values": v, "mean": statistics.fmean(v), "std": statistics.pstdev(v),
+                 "search_value": self.trial(t).last.get(self.spec.objective.metric)}
+                for t, v in self.finalist_scores().items()]
 
     def trial(self, trial_id: str) -> TrialRecord:
         return next(t for t in self.trials if t.trial_id == trial_id)
@@ -180,10 +186,7 @@ class SweepState:
         return {
             "name": self.spec.name, "path": str(self.path), "objective": self.spec.objective.metric,
             "mode": self.spec.mode, "wall_seconds": self.wall_seconds, "counts": self.counts(),
-            "finalists": [{"trial_id": t, "seeds": self.spec.selection.fresh_seeds(self.spec.example_config().seed),
-                           "values": v, "mean": statistics.fmean(v), "std": statistics.pstdev(v),
-                           "search_value": self.trial(t).last.get(self.spec.objective.metric)}
-                          for t, v in self.finalist_scores().items()],
+            "finalists": self.finalist_rows(),
             "storage_bytes": folder_bytes(self.path),
             "best_trial": None if best is None else {
                 "trial_id": best.trial_id, "value": best.last[self.spec.objective.metric], "params": best.params,
@@ -202,9 +205,9 @@ class SweepState:
         """Delete the checkpoints nothing will read again: those of trials that ended (complete or
         stopped early; PBT copies only from running trials, and a resume does not rerun ended ones),
         except the best trial's newest, kept for whoever wants its weights. Failed and unfinished trials
-        keep theirs: ``clsweep resume`` continues them. Returns the bytes freed."""
+        keep theirs: ``clsweep resume`` continues them. The finalists' runs likewise. Returns the bytes freed."""
         best = self.best()
-        freed = 0
+        freed = self.finalists.prune_checkpoints() if self.finalists is not None else 0
         for trial in self.trials:
             if trial.outcome not in (Outcome.COMPLETE, Outcome.REJECTED, Outcome.STOPPED_EARLY):
                 continue

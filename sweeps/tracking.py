@@ -321,8 +321,11 @@ class SweepTracker:
 
         now, name = int(time.time() * 1000), state.spec.selected_on
         for trial_id, values in state.finalist_scores().items():
-            if trial_id in run_ids:
-                metrics = {name: statistics.fmean(values), f"{name}_std": statistics.pstdev(values)}
+            if trial_id not in run_ids:
+                continue
+            metrics = {name: statistics.fmean(values), f"{name}_std": statistics.pstdev(values)}
+            logged = self.store.client.get_run(run_ids[trial_id]).data.metrics
+            if any(logged.get(k) != v for k, v in metrics.items()):  # a sync after the run logs nothing again
                 self.store.client.log_batch(run_ids[trial_id], synchronous=True, metrics=[
                     Metric(k, v, now, len(values)) for k, v in metrics.items()])
 
