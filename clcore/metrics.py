@@ -8,7 +8,7 @@ tasks seen so far, row ``i = len(R) - 1``).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 Matrix = Sequence[Sequence[float]]
 
@@ -17,6 +17,8 @@ Matrix = Sequence[Sequence[float]]
 # task j is trained its accuracy is 0 both at initialisation and after task j-1, and forward
 # transfer is 0 by construction whatever the model learned.
 UNMEASURABLE = {"class": ("fwt",)}
+# Metrics only a reference accuracy per task (a*_k, `Reference`) makes measurable.
+WITH_REFERENCE = ("intransigence", "min_plasticity_ratio")
 
 
 def average_accuracy(R: Matrix) -> float:
@@ -76,6 +78,22 @@ def intransigence(R: Matrix, reference: Sequence[float]) -> float:
     return sum(reference[k] - R[k][k] for k in range(i + 1)) / (i + 1)
 
 
+def min_plasticity_ratio(R: Matrix, reference: Sequence[float]) -> float:
+    """min_{k<=i} R[k][k] / a*_k: the lowest share of the reference's accuracy any task reached right
+    after it was learned. De Lange et al.'s continual hyperparameter framework (TPAMI 2021) keeps a
+    setting when the task just learned is within ``drop`` of fine-tuning's (0.2: a ratio >= 0.8)."""
+    return min(R[k][k] / reference[k] if reference[k] > 0 else math.inf for k in range(len(R)))
+
+
+class Reference(NamedTuple):
+    """a*_k per task on the validation and the test split: a reference model's accuracy on task k right
+    after learning it (`joint`: Chaudhry et al.'s model trained on tasks 0..k; `naive`: fine-tuning,
+    the most a task can be learned when nothing holds the weights)."""
+
+    val: list[float]
+    test: list[float]
+
+
 def summary(R: Matrix, initial: Sequence[float] | None = None, reference: Sequence[float] | None = None,
             scenario: str | None = None) -> dict:
     """All metrics that the available inputs allow, keyed by name; NaN for those ``scenario``
@@ -91,6 +109,7 @@ def summary(R: Matrix, initial: Sequence[float] | None = None, reference: Sequen
         out["fwt"] = forward_transfer(R, initial)
     if reference is not None:
         out["intransigence"] = intransigence(R, reference)
+        out["min_plasticity_ratio"] = min_plasticity_ratio(R, reference)
     for name in UNMEASURABLE.get(scenario, ()):
         if name in out:
             out[name] = math.nan

@@ -145,12 +145,12 @@ def train_step(model: ContinualModel, strategy: Strategy, optimizer: torch.optim
 
 def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], None]] = (), *,
         resume_from: Optional[dict] = None, raw: Optional[RawData] = None,
-        benchmark: Optional[Benchmark] = None, reference_accuracy: Optional[list[float]] = None) -> Result:
+        benchmark: Optional[Benchmark] = None, reference: Optional[M.Reference] = None) -> Result:
     """Train on every task of ``config.benchmark`` in order; return the accuracy matrices and metrics.
 
     ``raw`` or ``benchmark`` skip loading data (a sweep shares them between trials).
-    ``resume_from`` is a dict made by `TaskReport.checkpoint`. ``reference_accuracy`` (a*_k per task,
-    e.g. from a `joint` run) adds intransigence to the metrics.
+    ``resume_from`` is a dict made by `TaskReport.checkpoint`. ``reference`` (a*_k per task on each
+    split, e.g. from a `joint` run) adds intransigence and the minimum plasticity ratio to the metrics.
     """
     config.validate()
     device = resolve_device(config.train.device)
@@ -230,8 +230,8 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
         task_loss, mean_penalty = (v.item() for v in (losses.mean(), penalties.mean()))
         importance = strategy.importance_norm()
         task_metrics = {
-            **{f"val_{k}": v for k, v in M.summary(val_rows, initial_val, reference_accuracy, scenario).items()},
-            **{f"test_{k}": v for k, v in M.summary(test_rows, initial_test, scenario=scenario).items()},
+            **{f"val_{k}": v for k, v in M.summary(val_rows, initial_val, reference and reference.val, scenario).items()},
+            **{f"test_{k}": v for k, v in M.summary(test_rows, initial_test, reference and reference.test, scenario).items()},
             "task_loss": task_loss,
             "penalty": mean_penalty,
             "penalty_to_loss_ratio": mean_penalty / task_loss if task_loss > 0 else 0.0,

@@ -218,6 +218,7 @@ def format_summary(state, table: bool = True) -> str:
         lines += ["failed trials:"] + [f"  {t.trial_id}: {t.error}" for t in failed]
     best = state.best()
     rejected = sum(t.outcome == Outcome.REJECTED for t in state.trials)
+    lines += _reference(state.reference)
     if spec.objective.require:
         lines.append("required after every task: " + ", ".join(map(str, spec.objective.requirements())) +
                      f" ({rejected} trials rejected)")
@@ -227,7 +228,7 @@ def format_summary(state, table: bool = True) -> str:
     else:
         lines.append(f"best trial {best.trial_id}: {metric} = {best.last[metric]:.4f} ({spec.mode}) "
                      f"after {best.tasks_seen}/{best.n_tasks} tasks")
-        lines += _plasticity(best, spec)
+        lines += _plasticity(best, spec, state.reference)
         lines += _finalists(state)
         lines += [f"  {k} = {_short(v)}" for k, v in best.params.items()]
         for name, key in (("validation", "val_matrix"), ("test", "test_matrix")):
@@ -244,9 +245,21 @@ def format_summary(state, table: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _plasticity(trial, spec) -> list[str]:
+def _reference(stored) -> list[str]:
+    """The reference's a*_k per task, and the learning rate each came from."""
+    if stored is None:
+        return []
+    tried = ", ".join(f"{run['lr']:g}" for run in sorted(stored["runs"].values(), key=lambda run: run["lr"]))
+    return [f"reference {stored['strategy']} at lr {tried} (a*_k: its best accuracy on task k right after learning "
+            f"it; from lr " + " ".join(f"{lr:g}" for lr in stored["lr"]) + ")",
+            "  validation a*_k: " + " ".join(f"{v:.4f}" for v in stored["val"]),
+            "  test a*_k:       " + " ".join(f"{v:.4f}" for v in stored["test"])]
+
+
+def _plasticity(trial, spec, reference) -> list[str]:
     """What the best score bought: forgetting and the accuracy on each task right after learning it,
-    with a warning when that came near chance (a model that stopped learning scores well on average)."""
+    with a warning when that came near chance (a model that stopped learning scores well on average);
+    against the reference, its intransigence and lowest share of the reference's a*_k."""
     matrix = trial.last.get("val_matrix") or []
     if not matrix:
         return []
@@ -257,6 +270,12 @@ def _plasticity(trial, spec) -> list[str]:
     lines = [f"  val forgetting {trial.last.get('val_forgetting', float('nan')):.4f}, accuracy on the task just "
              f"learned {learned[-1]:.4f}, lowest right after learning {min(learned):.4f} (task {worst}: "
              f"{learned[worst]:.4f}, chance {benchmark.chance_on_task(worst):.4f})"]
+    if reference is not None:
+        from clcore import metrics as M
+
+        a_star = reference["val"]
+        lines.append(f"  val intransigence {M.intransigence(matrix, a_star):.4f} against the {reference['strategy']} "
+                     f"reference, lowest share of its a*_k {M.min_plasticity_ratio(matrix, a_star):.4f}")
     if margins[worst] < NEAR_CHANCE:
         lines.append(f"warning: the best trial learned task {worst} only to {learned[worst]:.4f} (chance "
                      f"{benchmark.chance_on_task(worst):.4f}): it may have stopped learning; objective.require: "

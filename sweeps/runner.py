@@ -45,10 +45,11 @@ from ray.tune.search.optuna import OptunaSearch
 from clcore.data import load_raw
 from sweeps import environment, localray, space
 from sweeps.ray_private import BestOfCompleteReporter, attach_callbacks
-from sweeps.spec import OBJECTIVE_ATTR, Fifo, Selection, SweepSpec
+from sweeps.spec import OBJECTIVE_ATTR, Algorithm, Fifo, Objective, ReferenceSpec, Selection, SweepSpec, Values
 from sweeps.storage import (BEST_CONFIG_FILE, CHECKPOINT_DIRS, ERROR, FAILURE_FILE, FINALIST_OF, FINALISTS_DIR,
-                            SPEC_FILE, SUMMARY_FILE, TERMINATED, TIME_ATTR, Outcome, SweepState, TrialLedger,
-                            TrialRecord, load_sweep, trial_dirname)
+                            REFERENCE_DIR, REFERENCE_FILE, SPEC_FILE, SUMMARY_FILE, TERMINATED, TIME_ATTR, Outcome,
+                            SweepState, TrialLedger, TrialRecord, as_reference, load_sweep, read_reference,
+                            reference_from, trial_dirname)
 from sweeps.trainable import TrialLoggerFactory, run_trial
 
 # Ray settings for a readable console and lean storage; set only where the user has not. Ray
@@ -110,8 +111,9 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
         path.mkdir(parents=True, exist_ok=True)
         spec.to_yaml(path / SPEC_FILE)
         tracking.sweep_started(spec, path, resumed=False)
-        tuner = _new_tuner(spec, path, raw, tracking, verbose)
-        return _fit(tuner, spec, path, tracking, raw, verbose)
+        reference = _train_reference(spec, path, raw, verbose)
+        tuner = _new_tuner(spec, path, raw, tracking, verbose, reference)
+        return _fit(tuner, spec, path, tracking, raw, verbose, reference)
 
 
 def _concurrency_fitted(spec: SweepSpec, verbose: int) -> SweepSpec:
@@ -138,9 +140,10 @@ def trials_that_fit(total: dict[str, float], cpu: float, gpu: float) -> tuple[in
     return max(1, int(fits[kind] + 1e-9)), kind
 
 
-def _new_tuner(spec: SweepSpec, path: Path, raw, tracking: Tracking, verbose: int) -> tune.Tuner:
+def _new_tuner(spec: SweepSpec, path: Path, raw, tracking: Tracking, verbose: int,
+               reference: Optional[dict]) -> tune.Tuner:
     return tune.Tuner(
-        _trainable(spec, raw, tracking),
+        _trainable(spec, raw, tracking.trial_logger(), reference),
         param_space=space.param_space(spec),
         tune_config=tune.TuneConfig(metric=OBJECTIVE_ATTR, mode=spec.mode,  # the objective, requirements applied
                                     search_alg=search_algorithm(spec), scheduler=scheduler(spec),
@@ -160,13 +163,15 @@ def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: O
     Finished trials are kept as they are; unfinished ones continue from their last task
     checkpoint; the search algorithm continues where it stopped. ``errored``: ``keep`` leaves
     failed trials failed, ``resume`` retries them from their last checkpoint, ``restart`` from scratch.
+    A sweep stopped before its search began (while its reference trained) begins it now.
     """
     if errored not in ("keep", "resume", "restart"):
         raise ValueError(f"errored must be keep, resume or restart, got {errored!r}")
     path = Path(path).expanduser().resolve()
-    if not (path / "tuner.pkl").exists():
-        raise FileNotFoundError(f"{path}: not a sweep Ray Tune has started (no tuner.pkl); give the folder "
-                                f"`clsweep run` printed (<storage.path>/<name>)")
+    searching = (path / "tuner.pkl").exists()
+    if not searching and not (path / SPEC_FILE).exists():
+        raise FileNotFoundError(f"{path}: not a sweep clsweep has started (no {SPEC_FILE}, no tuner.pkl); give the "
+                                f"folder `clsweep run` printed (<storage.path>/<name>)")
     state = load_sweep(path)
     spec = _stored_at(state.spec, path)  # the folder may have moved
     if errored != "keep":  # the user asks for failed trials again: forget that they failed, and for
@@ -179,9 +184,13 @@ def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: O
     raw = load_raw(spec.example_config().benchmark)
     with ray_session(address, num_cpus):
         tracking.sweep_started(spec, path, resumed=True)  # before trial_logger() is asked for
-        tuner = tune.Tuner.restore(str(path), _trainable(spec, raw, tracking), resume_unfinished=True,
-                                   resume_errored=errored == "resume", restart_errored=errored == "restart")
-        return _fit(tuner, spec, path, tracking, raw)
+        reference = _train_reference(spec, path, raw, verbose=1)
+        if not searching:
+            return _fit(_new_tuner(spec, path, raw, tracking, 1, reference), spec, path, tracking, raw, 1, reference)
+        tuner = tune.Tuner.restore(str(path), _trainable(spec, raw, tracking.trial_logger(), reference),
+                                   resume_unfinished=True, resume_errored=errored == "resume",
+                                   restart_errored=errored == "restart")
+        return _fit(tuner, spec, path, tracking, raw, 1, reference)
 
 
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> Optional[Path]:
@@ -248,8 +257,9 @@ def _stored_at(spec: SweepSpec, experiment_path: Path) -> SweepSpec:
     return spec.model_copy(update={"storage": spec.storage.model_copy(update={"path": str(experiment_path.parent)})})
 
 
-def _trainable(spec: SweepSpec, raw, tracking: Tracking):
-    trainable = tune.with_parameters(run_trial, spec=spec, raw=raw, trial_logger=tracking.trial_logger())
+def _trainable(spec: SweepSpec, raw, trial_logger: Optional[TrialLoggerFactory], reference: Optional[dict]):
+    trainable = tune.with_parameters(run_trial, spec=spec, raw=raw, trial_logger=trial_logger,
+                                     reference=as_reference(reference))
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
@@ -257,13 +267,14 @@ def _trial_dirname(trial) -> str:
     return trial_dirname(trial.trial_id)
 
 
-def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking, raw, verbose: int = 1) -> SweepState:
+def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking, raw, verbose: int,
+         reference: Optional[dict]) -> SweepState:
     attach_callbacks(tuner, [_TrialLedgerCallback(path), *tracking.callbacks()])
     started = time.perf_counter()
     tuner.fit()
     state = load_sweep(path)
     if spec.selection.finalists:
-        _run_finalists(spec, state, raw, verbose)
+        _run_finalists(spec, state, raw, verbose, reference)
         state = load_sweep(path)
     if not spec.storage.keep_ended:
         state.prune_checkpoints()
@@ -276,11 +287,38 @@ def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking, raw, verbose: i
     return state
 
 
-def _run_finalists(spec: SweepSpec, state: SweepState, raw, verbose: int) -> None:
+def _train_reference(spec: SweepSpec, path: Path, raw, verbose: int) -> Optional[dict]:
+    """The ``reference`` every trial is measured against (``reference.json``): trained once, before the
+    search, as a sweep of its own in ``<sweep>/reference`` (a grid over ``reference.lr``, every run to
+    the end); a sweep that has it (a resume) reads it back. None without a reference."""
+    if spec.reference.strategy is None:
+        return None
+    stored = read_reference(path)
+    if stored is not None:
+        return stored
+    folder = path / REFERENCE_DIR
+    shutil.rmtree(folder, ignore_errors=True)  # an unfinished reference phase starts again
+    lrs = spec.reference_lrs()
+    runs = _stored_at(spec.model_copy(update={
+        "name": REFERENCE_DIR, "base": spec.reference_base(), "search": {"train.lr": Values(dist="grid", values=lrs)},
+        "objective": Objective(mode="max"), "reference": ReferenceSpec(), "selection": Selection(),
+        "scheduler": Fifo(name="fifo"),
+        "algorithm": Algorithm(name="grid", num_samples=1, max_concurrent=spec.algorithm.max_concurrent)}), folder)
+    if verbose:
+        print(f"clsweep: reference {spec.reference.strategy} at lr {', '.join(f'{lr:g}' for lr in lrs)}", flush=True)
+    _side_sweep(runs, _trainable(runs, raw, None, None), space.param_space(runs), verbose)
+    stored = reference_from(load_sweep(folder))
+    for checkpoint in folder.glob(f"{trial_dirname('*')}/{CHECKPOINT_DIRS}"):  # reference.json is what is read again
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    (path / REFERENCE_FILE).write_text(json.dumps(stored, indent=2))
+    return stored
+
+
+def _run_finalists(spec: SweepSpec, state: SweepState, raw, verbose: int, reference: Optional[dict]) -> None:
     """The ``selection.finalists`` best complete trials, trained again on ``selection.seeds`` fresh
-    seeds each, in parallel: a sweep of its own in ``<sweep>/finalists`` (FIFO, every run to the end),
-    not tracked in MLflow as trials (the parent run and the finalists' trial runs get their means). A
-    finalists phase that did not finish (the driver stopped) starts again from the beginning."""
+    seeds each, in parallel: a sweep of its own in ``<sweep>/finalists``, not tracked in MLflow as
+    trials (the parent run and the finalists' trial runs get their means). A finalists phase that did
+    not finish (the driver stopped) starts again from the beginning."""
     finalists = [t for t in state.ranked() if t.outcome == Outcome.COMPLETE][:spec.selection.finalists]
     folder = state.path / FINALISTS_DIR
     if state.finalists is not None and len(state.finalists.trials) == len(finalists) * spec.selection.seeds and all(
@@ -290,33 +328,41 @@ def _run_finalists(spec: SweepSpec, state: SweepState, raw, verbose: int) -> Non
     if not finalists:
         return
     seeds = spec.finalist_seeds
-    runs = spec.model_copy(update={"name": FINALISTS_DIR, "scheduler": Fifo(name="fifo"),
-                                   "storage": spec.storage.model_copy(update={"path": str(state.path)}),
-                                   "selection": Selection()})
-    folder.mkdir(parents=True)
-    runs.to_yaml(folder / SPEC_FILE)
+    runs = _stored_at(spec.model_copy(update={"name": FINALISTS_DIR, "scheduler": Fifo(name="fifo"),
+                                              "selection": Selection()}), folder)
     if verbose:
         print(f"clsweep: {len(finalists)} finalists, each on seeds {seeds}", flush=True)
     trainable = tune.with_parameters(_run_finalist, spec=runs, raw=raw,
-                                     finalists={t.trial_id: t.params for t in finalists})
+                                     finalists={t.trial_id: t.params for t in finalists},
+                                     reference=as_reference(reference))
+    _side_sweep(runs, tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+                {FINALIST_OF: tune.grid_search([t.trial_id for t in finalists]), "seed": tune.grid_search(seeds)},
+                verbose)
+
+
+def _side_sweep(runs: SweepSpec, trainable, param_space: dict, verbose: int) -> None:
+    """``runs``, a FIFO spec stored inside the sweep's folder, as a sweep of its own (the reference runs,
+    the finalists): every run to the end, as many at a time as the search runs, each in its ledger."""
+    folder = runs.experiment_path
+    folder.mkdir(parents=True)
+    runs.to_yaml(folder / SPEC_FILE)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
-        param_space={FINALIST_OF: tune.grid_search([t.trial_id for t in finalists]), "seed": tune.grid_search(seeds)},
-        tune_config=tune.TuneConfig(metric=OBJECTIVE_ATTR, mode=spec.mode, reuse_actors=True,
-                                    max_concurrent_trials=spec.algorithm.max_concurrent,
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(metric=OBJECTIVE_ATTR, mode=runs.mode, reuse_actors=True,
+                                    max_concurrent_trials=runs.algorithm.max_concurrent,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=FINALISTS_DIR, storage_path=str(state.path), verbose=min(verbose, 1),
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.storage.checkpoints_to_keep)))
+            name=runs.name, storage_path=runs.storage.path, verbose=min(verbose, 1),
+            failure_config=tune.FailureConfig(max_failures=runs.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=runs.storage.checkpoints_to_keep)))
     attach_callbacks(tuner, [_TrialLedgerCallback(folder)])
     tuner.fit()
 
 
-def _run_finalist(config: dict, *, spec: SweepSpec, raw, finalists: dict[str, dict]) -> None:
+def _run_finalist(config: dict, *, spec: SweepSpec, raw, finalists: dict[str, dict], reference) -> None:
     """One finalist on one fresh seed: its search trial's values, and ``seed``."""
     run_trial({**finalists[config[FINALIST_OF]], FINALIST_OF: config[FINALIST_OF], "seed": config["seed"]},
-              spec=spec, raw=raw)
+              spec=spec, raw=raw, reference=reference)
 
 
 def _reporter(spec: SweepSpec):

@@ -13,6 +13,8 @@ A sweep file says everything about a sweep::
       train.lr: {dist: loguniform, low: 1.0e-3, high: 0.3}
     objective: {metric: val_average_accuracy, mode: max,      # a validation metric, never test
                 require: {val_min_accuracy_current_task: ">= 0.9"}}   # kept after every task, or rejected
+    reference: {strategy: joint, lr: [0.1, 0.01]}   # a*_k per task, trained first: intransigence,
+                                          # val_min_plasticity_ratio (naive + '>= 0.8': CHF's drop rule)
     selection: {finalists: 3, seeds: 3}   # the 3 best trained again on 3 fresh seeds; the best mean wins
     algorithm: {name: optuna, num_samples: 32, max_concurrent: null, seed: 0,   # null: what the cluster fits
                 points_to_evaluate: [{strategy.lambda: 100.0, train.lr: 0.01}]}
@@ -63,7 +65,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 from clcore.config import (ConfigError, ExperimentConfig, StrategyConfig, YamlFileError, config_paths, mutable_paths,
                            parse_override, read_yaml_file, set_path)
 from clcore.params import RuleError, coerce
-from clcore.metrics import UNMEASURABLE
+from clcore.metrics import UNMEASURABLE, WITH_REFERENCE
 
 
 class SpecError(ConfigError):
@@ -89,11 +91,14 @@ OBJECTIVES = {
     "val_fwt": "max",
     "val_accuracy_current_task": "max",
     "val_min_accuracy_current_task": "max",
+    "val_intransigence": "min",
+    "val_min_plasticity_ratio": "max",
 }
-# Metrics ``objective.require`` may bound: functions of the validation accuracy matrix alone, so any
-# report's matrix tells whether the requirements held after every task so far.
+# Metrics ``objective.require`` may bound: functions of the validation accuracy matrix (and the
+# reference's a*_k) alone, so any report's matrix tells whether the requirements held after every task.
 REQUIRABLE = ("val_average_accuracy", "val_forgetting", "val_bwt", "val_accuracy_current_task",
-              "val_min_accuracy_current_task")
+              "val_min_accuracy_current_task", "val_intransigence", "val_min_plasticity_ratio")
+NEEDS_REFERENCE = tuple(f"val_{name}" for name in WITH_REFERENCE)  # measured against ``reference``
 OBJECTIVE_ATTR = "clsweep_objective"  # what trials report to the schedulers and searchers (`Objective.ranked`)
 REQUIREMENT_PENALTY = 2.0  # objective metrics lie in [-1, 1]: a broken requirement ranks below every kept one
 ALGORITHMS = ("optuna", "random", "grid")
@@ -256,25 +261,26 @@ class Objective(_Section):
             out.append(Requirement(metric, op, float(bound)))
         return out
 
-    def broken(self, val_matrix: list) -> Optional[str]:
+    def broken(self, val_matrix: list, reference: Optional[list[float]] = None) -> Optional[str]:
         """The first requirement the trial whose validation accuracy matrix is ``val_matrix`` broke,
-        as ``"<requirement>, broken after task k: <value>"``; None while it keeps them all."""
+        as ``"<requirement>, broken after task k: <value>"``; None while it keeps them all.
+        ``reference``: the sweep's validation a*_k (``reference``), for the metrics measured against it."""
         from clcore import metrics as M  # pure Python: no torch
 
         requirements = self.requirements()
         for k in range(1, len(val_matrix) + 1) if requirements else ():
-            values = M.summary(val_matrix[:k])
+            values = M.summary(val_matrix[:k], reference=reference)
             for r in requirements:
                 value = values[r.metric.removeprefix("val_")]
                 if not r.holds(value):
                     return f"{r}, broken after task {k}: {value:.4f}"
         return None
 
-    def ranked(self, value: float, val_matrix: list) -> float:
+    def ranked(self, value: float, val_matrix: list, reference: Optional[list[float]] = None) -> float:
         """What a trial reports to the schedulers and searchers (``OBJECTIVE_ATTR``): its objective,
         moved by ``REQUIREMENT_PENALTY`` to the worse side once it broke a requirement, so that it ranks
         below every trial that kept them and, among the rejected, by its own score."""
-        if self.broken(val_matrix) is None:
+        if self.broken(val_matrix, reference) is None:
             return value
         return value - REQUIREMENT_PENALTY if self.mode == "max" else value + REQUIREMENT_PENALTY
 
@@ -390,6 +396,25 @@ class Selection(_Section):
         return [search_seed + 1 + i for i in range(self.seeds)]
 
 
+class ReferenceSpec(_Section):
+    """A reference every trial is measured against, trained before the search (once: a resume reuses
+    it). ``strategy``: ``joint`` (trained on all tasks so far: Chaudhry et al.'s a*_k for intransigence)
+    or ``naive`` (fine-tuning: how well a task is learned when nothing holds the weights, De Lange et
+    al.'s maximal plasticity), with the base config (its strategy replaced; searched train fields at
+    their base value) on each of ``lr`` (default: the base's ``train.lr``), in parallel. a*_k is per
+    task the best validation accuracy on task k right after learning it over those runs (the test a*_k
+    is that run's). Trials then report intransigence and the minimum plasticity ratio (min_k R[k][k] /
+    a*_k), which the objective can require: ``{val_min_plasticity_ratio: '>= 0.8'}`` with ``naive`` is
+    CHF's 20% drop rule."""
+
+    strategy: Annotated[Optional[Literal["joint", "naive"]], Field(title="reference strategy")] = None  # null: none
+    lr: Optional[Annotated[list[_kind(float, gt=0)], Field(min_length=1)]] = None
+
+    @property
+    def lrs(self) -> list[float]:
+        return list(self.lr or [])
+
+
 class TrackingSpec(_Section):
     mlflow: Bool = False
     tracking_uri: Optional[Str] = None  # null: $MLFLOW_TRACKING_URI, else the tracking layer's default
@@ -418,6 +443,7 @@ class SweepSpec(_Section):
     base: dict  # the ExperimentConfig mapping as written (searched fields may be absent); clcore validates it
     search: Annotated[dict[str, AnyDistribution], Field(min_length=1)]
     objective: Objective = Field(default_factory=Objective)
+    reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
     selection: Selection = Field(default_factory=Selection)
     algorithm: Algorithm = Field(default_factory=Algorithm)
     scheduler: Annotated[AnyScheduler, BeforeValidator(
@@ -483,6 +509,18 @@ class SweepSpec(_Section):
         conditions = self.conditions()
         return {k: v for k, v in values.items()
                 if k not in conditions or values.get(conditions[k][0]) == conditions[k][1]}
+
+    def reference_base(self) -> dict:
+        """The base config of the ``reference`` runs: the sweep's base, its strategy replaced by the
+        reference's (with none of its parameters) and ``train.lr`` the first of ``reference.lr``."""
+        base = {**copy.deepcopy(self.base), "strategy": {"name": self.reference.strategy}}
+        if self.reference.lr:
+            set_path(base, "train.lr", self.reference.lr[0])
+        return base
+
+    def reference_lrs(self) -> list[float]:
+        """The learning rates the reference trains with: ``reference.lr``, else the base's."""
+        return self.reference.lrs or [ExperimentConfig.from_dict(self.reference_base()).train.lr]
 
     def example_config(self) -> ExperimentConfig:
         """The config with every searched field at its first value (what the sweep's data comes from)."""
@@ -773,6 +811,31 @@ class _Rules:
         self.resources(spec.resources, first, spec.search)
         self.storage(spec.storage, spec.scheduler)
         self.selection(spec.selection, spec.search, spec.algorithm)
+        self.reference(spec)
+
+    def reference(self, spec: SweepSpec) -> None:
+        ref, objective = spec.reference, spec.objective
+        needing = [m for m in (objective.metric, *objective.require) if m in NEEDS_REFERENCE]
+        if ref.strategy is None:
+            if needing:
+                raise self.error("reference.strategy", f"the objective uses {needing[0]}, which is measured against "
+                                                       f"a reference model's accuracy per task: name one",
+                                 "joint, naive")
+            if ref.lr is not None:
+                raise self.error("reference.lr", "is set, but reference.strategy is null", "joint, naive")
+            return
+        varied = [k for k in spec.search if k.split(".")[0] in ("benchmark", "model")]
+        if varied:
+            raise self.error(f"search.{varied[0]}", "is searched, so trials would differ from the reference in "
+                                                    "what a*_k measures", "reference.strategy: null, or a fixed value")
+        if "train.lr" in spec.search and ref.lr is None:
+            raise self.error("reference.lr", "train.lr is searched, so the reference needs learning rates of its "
+                                             "own (the best per task is kept)", "a list, e.g. [0.1, 0.01, 0.001]")
+        for lr in spec.reference_lrs():
+            try:
+                ExperimentConfig.from_dict(_merged(spec.reference_base(), {"train.lr": lr}))
+            except ConfigError as error:
+                raise self.error(f"reference ({ref.strategy}, lr {lr:g}): base.{error.field}", error.message) from None
 
     def selection(self, selection: Selection, search: dict[str, Distribution], algorithm: Algorithm) -> None:
         if not selection.finalists:

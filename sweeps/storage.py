@@ -13,6 +13,10 @@ record, in JSON only:
                         default 2) while the trial runs; when the sweep ends, only failed and
                         unfinished trials keep theirs (a resume continues them) and the best trial
                         its newest (`prune_checkpoints`; ``storage.keep_ended`` keeps all)
+    reference/          with ``reference``: the reference runs (one per ``reference.lr``), a sweep folder
+                        of its own, trained before the search
+    reference.json      a*_k per task (validation and test) and the reference run each came from:
+                        what every trial is measured against (`Reference`)
     finalists/          with ``selection.finalists``: the finalists trained again on fresh seeds, a
                         sweep folder of its own (its trials' Ray config: ``finalist_of``, ``seed``)
     summary.json, best_config.yaml   after the sweep
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from clcore.config import ExperimentConfig
+from clcore.metrics import Reference
 from sweeps.spec import SweepSpec
 
 SPEC_FILE = "sweep.yaml"
@@ -47,7 +52,14 @@ FAILURE_FILE = "clsweep_failure.json"  # in a trial's folder; written by a deter
 TIME_ATTR = "tasks_seen"  # the schedulers' time axis
 CHECKPOINT_DIRS = "checkpoint_*"  # Ray's checkpoint folders in a trial's folder
 FINALISTS_DIR = "finalists"  # in the sweep's folder: the finalists' runs on fresh seeds, a sweep folder itself
+REFERENCE_DIR = "reference"  # in the sweep's folder: the reference runs, a sweep folder itself
+REFERENCE_FILE = "reference.json"  # in the sweep's folder: a*_k per task, from the reference runs
 FINALIST_OF = "finalist_of"  # a finalist run's Ray config: {finalist_of: <search trial id>, seed: <fresh seed>}
+
+# What the best trial's score bought, in the summary beside it: forgetting and plasticity (with a
+# reference, intransigence and the lowest share of the reference's a*_k too).
+BOUGHT = ("average_accuracy", "forgetting", "accuracy_current_task", "min_accuracy_current_task", "intransigence",
+          "min_plasticity_ratio")
 
 # Ray's trial statuses as the ledger records them.
 TERMINATED, ERROR, RUNNING, PENDING = "TERMINATED", "ERROR", "RUNNING", "PENDING"
@@ -128,6 +140,7 @@ class SweepState:
     trials: list[TrialRecord] = field(default_factory=list)
     wall_seconds: Optional[float] = None  # of the last run or resume that ended (its summary.json)
     finalists: Optional["SweepState"] = None  # the finalists' runs on fresh seeds (``selection.finalists``)
+    reference: Optional[dict] = None  # ``reference.json`` (`reference_from`): a*_k per task, once trained
 
     def finalist_scores(self) -> dict[str, list[float]]:
         """Search trial id -> its objective on each fresh seed, for finalists whose every seed's run
@@ -186,12 +199,14 @@ class SweepState:
         return {
             "name": self.spec.name, "path": str(self.path), "objective": self.spec.objective.metric,
             "mode": self.spec.mode, "wall_seconds": self.wall_seconds, "counts": self.counts(),
-            "finalists": self.finalist_rows(),
+            "finalists": self.finalist_rows(), "reference": self.reference,
             "storage_bytes": folder_bytes(self.path),
             "best_trial": None if best is None else {
                 "trial_id": best.trial_id, "value": best.last[self.spec.objective.metric], "params": best.params,
                 "path": best.path, "val_matrix": best.last.get("val_matrix"),
-                "test_matrix": best.last.get("test_matrix")},
+                "test_matrix": best.last.get("test_matrix"),
+                "bought": {f"{split}_{name}": best.last[f"{split}_{name}"] for split in ("val", "test") for name in BOUGHT
+                           if f"{split}_{name}" in best.last}},
             "trials": [{"trial_id": t.trial_id, "status": t.status, "outcome": t.outcome, "params": t.params,
                         "tasks_seen": t.tasks_seen, "epochs_trained": t.epochs_trained,
                         "value": t.last.get(self.spec.objective.metric), "error": t.error,
@@ -250,9 +265,38 @@ class TrialLedger:
 
 
 # ------------------------------------------------------------------------------ reading storage
-def load_sweep(path: str | Path) -> SweepState:
+def reference_from(runs: SweepState) -> dict:
+    """``reference.json`` from the reference runs: per task k, the complete run with the best
+    validation accuracy on task k right after learning it (a*_k), its test accuracy there, and its
+    learning rate. Raises RuntimeError when no run completed (all diverged, say)."""
+    done = [t for t in runs.trials if t.outcome == Outcome.COMPLETE]
+    if not done:
+        raise RuntimeError(f"no reference run completed ({', '.join(f'{t.trial_id}: {t.outcome}' for t in runs.trials)}"
+                           f"): see {runs.path}; give reference.lr values it can train with")
+    chosen = [max(done, key=lambda t: t.last["val_matrix"][k][k]) for k in range(runs.spec.n_tasks)]
+    return {"strategy": runs.spec.base["strategy"]["name"],
+            "val": [t.last["val_matrix"][k][k] for k, t in enumerate(chosen)],
+            "test": [t.last["test_matrix"][k][k] for k, t in enumerate(chosen)],
+            "lr": [t.params["train.lr"] for t in chosen], "trial_id": [t.trial_id for t in chosen],
+            "runs": {t.trial_id: {"lr": t.params["train.lr"], "outcome": t.outcome,
+                                  "val_average_accuracy": t.last.get("val_average_accuracy")} for t in runs.trials}}
+
+
+def read_reference(path: Path) -> Optional[dict]:
+    """The sweep folder ``path``'s ``reference.json``, or None before its reference was trained."""
+    file = Path(path) / REFERENCE_FILE
+    return json.loads(file.read_text()) if file.exists() else None
+
+
+def as_reference(stored: Optional[dict]) -> Optional[Reference]:
+    """clcore's `Reference` from ``reference.json``'s contents."""
+    return None if stored is None else Reference(stored["val"], stored["test"])
+
+
+def load_sweep(path: str | Path, reference: Optional[dict] = None) -> SweepState:
     """A sweep's state from its storage folder alone (running, interrupted or finished); reads only
-    the project's JSON and YAML files (see the module docstring)."""
+    the project's JSON and YAML files (see the module docstring). ``reference``: what the finalists'
+    folder is measured against (the parent sweep's ``reference.json``)."""
     path = Path(path).expanduser().resolve()
     spec_file = path / SPEC_FILE
     if not spec_file.exists():
@@ -260,6 +304,8 @@ def load_sweep(path: str | Path) -> SweepState:
                                 f"(<storage.path>/<name>, printed by `clsweep run`)")
     spec = SweepSpec.from_yaml(spec_file)
     n_tasks = spec.n_tasks
+    reference = reference or read_reference(path)
+    a_star = reference["val"] if reference else None
     events: dict[str, list[dict]] = {}
     for row in _json_lines(path / TRIALS_FILE):
         events.setdefault(row["trial_id"], []).append(row)
@@ -277,12 +323,12 @@ def load_sweep(path: str | Path) -> SweepState:
         trials.append(TrialRecord(
             trial_id, ended["status"] if ended else RUNNING, dict(params), history, str(folder), n_tasks,
             ended.get("error") if ended else None, int(ended.get("num_failures") or 0) if ended else 0,
-            walls[-1] if walls else None, spec.objective.broken(history[-1].get("val_matrix") or [])
+            walls[-1] if walls else None, spec.objective.broken(history[-1].get("val_matrix") or [], a_star)
             if history else None))
     summary = path / SUMMARY_FILE  # written by the driver when a run or resume ends
     wall = json.loads(summary.read_text()).get("wall_seconds") if summary.exists() else None
-    finalists = load_sweep(path / FINALISTS_DIR) if (path / FINALISTS_DIR / SPEC_FILE).exists() else None
-    return SweepState(spec, path, trials, wall, finalists)
+    finalists = load_sweep(path / FINALISTS_DIR, reference) if (path / FINALISTS_DIR / SPEC_FILE).exists() else None
+    return SweepState(spec, path, trials, wall, finalists, reference)
 
 
 def _json_lines(file: Path) -> list[dict]:

@@ -13,7 +13,7 @@ What a sweep leaves in MLflow::
         |                         metrics   the best trial's last-task metrics (step = trials ended)
         |                         artifacts sweep.yaml (the resolved sweep file), best_config.yaml,
         |                                   plots/accuracy_vs_lambda.png, plots/accuracy_forgetting_pareto.png,
-        |                                   plots/learning_curves.png
+        |                                   plots/learning_curves.png, reference.json (with a reference)
         +- run "lambda=.. lr=.."  tags  mlflow.parentRunId, clsweep.kind=trial, clsweep.trial_id,
                                         clsweep.status (+ clsweep.failure_reason), clsweep.tasks_seen,
                                         clsweep.node_id, clsweep.node_ip (the Ray node of its latest task),
@@ -332,6 +332,7 @@ class SweepTracker:
     def summarize(self, state: "SweepState", run_ids: dict[str, str]) -> Optional["TrialRecord"]:
         """On the parent run: the best trial's metrics and config, and the sweep's plots."""
         from sweeps import plots
+        from sweeps.storage import REFERENCE_FILE
 
         spec, store, parent_id = self.spec, self.store, self.parent.info.run_id
         best = state.best()
@@ -351,6 +352,8 @@ class SweepTracker:
                                     **{f"best.{k}": _param_value(v) for k, v in config.flat().items()}})
             files["best_config.yaml"] = config.to_yaml
         self.log_finalists(state, run_ids)
+        if state.reference is not None:  # what intransigence and the plasticity ratio were measured against
+            files[REFERENCE_FILE] = lambda p: p.write_text(json.dumps(state.reference, indent=2))
         trials = [plots.TrialPoint(t.trial_id, state.trial_config(t), t.outcome.tag, t.last)
                   for t in state.trials if t.history]
         metric = spec.objective.metric

@@ -45,6 +45,7 @@ import torch
 import clcore
 from clcore.config import ConfigError, ExperimentConfig
 from clcore.data import RawData, raw_key
+from clcore.metrics import Reference
 from clcore.train import TaskReport, TrainingDivergedError
 from sweeps.spec import OBJECTIVE_ATTR, Objective, SweepSpec
 from sweeps.storage import CHECKPOINT_DIRS, FAILURE_FILE, TASKS_FILE, trial_dirname
@@ -60,8 +61,9 @@ class TrialFailedError(RuntimeError):
 
 
 def run_trial(params: dict, *, spec: SweepSpec, raw: Optional[RawData] = None,
-              trial_logger: Optional[TrialLoggerFactory] = None) -> None:
-    """Ray Tune function trainable (bind ``spec``, ``raw`` and ``trial_logger`` with `tune.with_parameters`)."""
+              trial_logger: Optional[TrialLoggerFactory] = None, reference: Optional[Reference] = None) -> None:
+    """Ray Tune function trainable (bind ``spec``, ``raw``, ``trial_logger`` and the sweep's
+    ``reference`` a*_k with `tune.with_parameters`)."""
     import ray
     from ray import tune
 
@@ -80,7 +82,7 @@ def run_trial(params: dict, *, spec: SweepSpec, raw: Optional[RawData] = None,
         log = trial_logger(trial_id, context.get_trial_name(), config) if trial_logger else None
         where = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
         reporter = _TaskReporter(folder / TASKS_FILE, trial_id, dict(params), saved["clcore_seconds"] if saved else 0.0,
-                                 log, {**where, "data_shared": shared}, spec.objective)
+                                 log, {**where, "data_shared": shared}, spec.objective, reference)
         resume_from = saved["clcore"] if saved else None
         n_tasks = config.benchmark.n_tasks
         if resume_from is not None and resume_from["next_task"] >= n_tasks:
@@ -89,7 +91,7 @@ def run_trial(params: dict, *, spec: SweepSpec, raw: Optional[RawData] = None,
                                     resume_from["test_matrix"], lambda: resume_from))
             return
         reporter.started = time.perf_counter()
-        clcore.run(config, [reporter], resume_from=resume_from, raw=raw if shared else None)
+        clcore.run(config, [reporter], resume_from=resume_from, raw=raw if shared else None, reference=reference)
     except (TrainingDivergedError, ConfigError) as error:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,8 @@ class _TaskReporter:
     """clcore callback: report one task's metrics and checkpoint to Ray Tune."""
 
     def __init__(self, tasks_file: Path, trial_id: str, params: dict, clcore_seconds: float,
-                 log: Optional[Callable[[dict], None]], extra: dict, objective: Objective):
+                 log: Optional[Callable[[dict], None]], extra: dict, objective: Objective,
+                 reference: Optional[Reference]):
         self.tasks_file = tasks_file
         self.trial_id = trial_id
         self.params = params
@@ -131,6 +134,7 @@ class _TaskReporter:
         self.log = log
         self.extra = extra
         self.objective = objective
+        self.a_star = reference.val if reference is not None else None
         self.started = time.perf_counter()  # when clcore.run was called
         self.reporting = 0.0  # seconds spent in this callback so far
 
@@ -143,7 +147,8 @@ class _TaskReporter:
                    "val_matrix": [list(row) for row in report.val_matrix],
                    "test_matrix": [list(row) for row in report.test_matrix],
                    "clcore_seconds": clcore_seconds, **self.extra}
-        metrics[OBJECTIVE_ATTR] = self.objective.ranked(metrics[self.objective.metric], metrics["val_matrix"])
+        metrics[OBJECTIVE_ATTR] = self.objective.ranked(metrics[self.objective.metric], metrics["val_matrix"],
+                                                       self.a_star)
         if self.log is not None:
             self.log(metrics)
         self.tasks_file.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,13 @@ def test_intransigence_chaudhry_2018_by_hand():
     assert M.intransigence(R, REFERENCE) == pytest.approx(((0.95 - 0.90) + (0.90 - 0.80) + (0.97 - 0.95)) / 3)
 
 
+def test_min_plasticity_ratio_de_lange_2021_by_hand():
+    """Task 1 was learned to 0.80 where the reference reached 0.90: 0.889 of it, the lowest share."""
+    assert M.min_plasticity_ratio(R[:1], REFERENCE) == pytest.approx(0.90 / 0.95)
+    assert M.min_plasticity_ratio(R, REFERENCE) == pytest.approx(0.80 / 0.90)
+    assert M.min_plasticity_ratio([[0.5]], [0.0]) == math.inf  # a reference that learned nothing bounds nothing
+
+
 def test_plasticity_the_accuracy_on_the_task_just_learned_by_hand():
     assert M.accuracy_current_task(R[:2]) == 0.80 and M.accuracy_current_task(R) == 0.95
     assert M.min_accuracy_current_task(R[:1]) == 0.90 and M.min_accuracy_current_task(R) == 0.80
@@ -69,6 +76,7 @@ def test_summary_reports_what_the_inputs_allow():
         "average_accuracy": M.average_accuracy(R), "forgetting": M.forgetting(R), "bwt": M.backward_transfer(R),
         "fwt": M.forward_transfer(R, INITIAL), "intransigence": M.intransigence(R, REFERENCE),
         "accuracy_current_task": 0.95, "min_accuracy_current_task": 0.80,
+        "min_plasticity_ratio": M.min_plasticity_ratio(R, REFERENCE),
     }
 
 
@@ -77,7 +85,7 @@ def test_perfect_learner_and_total_forgetter():
     perfect = [[1.0] * T for _ in range(T)]
     assert M.summary(perfect, [0.0] * T, [1.0] * T) == {
         "average_accuracy": 1.0, "forgetting": 0.0, "bwt": 0.0, "fwt": 1.0, "intransigence": 0.0,
-        "accuracy_current_task": 1.0, "min_accuracy_current_task": 1.0}
+        "accuracy_current_task": 1.0, "min_accuracy_current_task": 1.0, "min_plasticity_ratio": 1.0}
     forgetter = [[1.0 if j == i else 0.0 for j in range(T)] for i in range(T)]  # remembers the last task only
     assert M.average_accuracy(forgetter) == pytest.approx(1 / T)
     assert M.forgetting(forgetter) == pytest.approx(1.0)
@@ -93,7 +101,8 @@ def _paper_metrics(a, b, star, k):
     fwt = 0.0 if k == 1 else sum(a[j - 1][j] - b[j] for j in range(2, k + 1)) / (k - 1)
     intr = sum(star[j] - a[j][j] for j in range(1, k + 1)) / k
     return {"average_accuracy": avg, "forgetting": fgt, "bwt": bwt, "fwt": fwt, "intransigence": intr,
-            "accuracy_current_task": a[k][k], "min_accuracy_current_task": min(a[j][j] for j in range(1, k + 1))}
+            "accuracy_current_task": a[k][k], "min_accuracy_current_task": min(a[j][j] for j in range(1, k + 1)),
+            "min_plasticity_ratio": min(a[j][j] / star[j] for j in range(1, k + 1))}
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -102,7 +111,7 @@ def test_metrics_match_the_papers_formulas_on_random_matrices(seed):
     T = rng.randint(2, 7)
     R_ = [[rng.random() for _ in range(T)] for _ in range(T)]
     b = [rng.random() for _ in range(T)]
-    star = [rng.random() for _ in range(T)]
+    star = [rng.uniform(0.1, 1.0) for _ in range(T)]
     one_based = [[None] * (T + 1)] + [[None] + row for row in R_]
     for k in range(1, T + 1):  # also on partial matrices (runs in progress)
         got = M.summary(R_[:k], b, star)

@@ -201,6 +201,64 @@ def test_a_trial_that_stops_learning_is_rejected_by_the_objectives_requirement(t
     assert "lowest right after learning" in out and "warning" not in out  # the best one learned every task
 
 
+def test_a_reference_measures_intransigence_and_rejects_a_trial_far_below_it(tmp_path, local_ray, capsys):
+    """A joint reference at two learning rates gives a*_k per task (the best over them); trials report
+    intransigence against it, and CHF's rule (within 20% of the reference on every task just learned)
+    rejects lr 1e-5. The sweep is started by `resume_sweep` from its sweep.yaml alone: a driver that
+    died while the reference trained had not begun the search."""
+    from clcore import metrics as M
+    from sweeps.runner import resume_sweep
+    from sweeps.storage import REFERENCE_DIR, REFERENCE_FILE, SPEC_FILE
+
+    spec = SweepSpec.from_dict(sweep(
+        tmp_path, "reference", search={"train.lr": {"dist": "grid", "values": [1e-5, 0.1]}},
+        objective={"metric": "val_average_accuracy", "require": {"val_min_plasticity_ratio": ">= 0.8"}},
+        reference={"strategy": "joint", "lr": [0.1, 0.01]}, algorithm={"name": "grid"}, scheduler="fifo"),
+        overrides=["benchmark.n_tasks=2"])
+    from sweeps.best import best_run
+    from sweeps.tracking import MLflowTracking
+
+    spec.experiment_path.mkdir(parents=True)
+    spec.to_yaml(spec.experiment_path / SPEC_FILE)
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    state = resume_sweep(spec.experiment_path, tracking=MLflowTracking(uri))
+
+    runs = load_sweep(spec.experiment_path / REFERENCE_DIR)
+    assert sorted(r.params["train.lr"] for r in runs.trials) == [0.01, 0.1]
+    assert all(r.outcome == "complete" and r.last["config"]["train.lr"] == r.params["train.lr"] for r in runs.trials)
+    for k in range(2):  # a*_k: the best reference run on task k, right after learning it
+        top = max(runs.trials, key=lambda r: r.last["val_matrix"][k][k])
+        assert state.reference["val"][k] == top.last["val_matrix"][k][k]
+        assert state.reference["test"][k] == top.last["test_matrix"][k][k]
+        assert state.reference["lr"][k] == top.params["train.lr"]
+    assert json.loads((spec.experiment_path / REFERENCE_FILE).read_text()) == state.reference
+    assert not list((spec.experiment_path / REFERENCE_DIR).glob(f"trial_*/{CHECKPOINT_DIRS}"))
+
+    by_lr = {t.params["train.lr"]: t for t in state.trials}
+    stuck, learner = by_lr[1e-5], by_lr[0.1]
+    assert stuck.outcome == "rejected" and stuck.broken.startswith("val_min_plasticity_ratio >= 0.8, broken after task 1: ")
+    assert learner.outcome == "complete" and state.best().trial_id == learner.trial_id
+    for split in ("val", "test"):
+        R, a_star = learner.last[f"{split}_matrix"], state.reference[split]
+        assert learner.last[f"{split}_intransigence"] == pytest.approx(M.intransigence(R, a_star))
+        assert learner.last[f"{split}_min_plasticity_ratio"] == pytest.approx(M.min_plasticity_ratio(R, a_star))
+    assert stuck.last["val_min_plasticity_ratio"] < 0.8 <= learner.last["val_min_plasticity_ratio"]
+    summary = json.loads((spec.experiment_path / "summary.json").read_text())
+    assert summary["best_trial"]["bought"]["val_intransigence"] == learner.last["val_intransigence"]
+    capsys.readouterr()
+    assert main(["status", str(spec.experiment_path)]) == 0
+    out = capsys.readouterr().out
+    assert "reference joint at lr 0.01, 0.1 (a*_k: its best accuracy on task k right after learning it; from lr " in out
+    assert f"val intransigence {learner.last['val_intransigence']:.4f} against the joint reference" in out
+    best = best_run("reference", tracking_uri=uri)  # in MLflow: the trial's metrics, the parent's reference.json
+    assert best.trial_id == learner.trial_id and best.metrics["test_intransigence"] == learner.last["test_intransigence"]
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    parent = client.get_run(client.get_run(best.run_id).data.tags["mlflow.parentRunId"])
+    assert "reference.json" in {f.path for f in client.list_artifacts(parent.info.run_id)}
+
+
 def test_optuna_searches_online_ewcs_decay_only_where_the_mode_is_online(tmp_path, local_ray):
     data = sweep(tmp_path, "conditional", algorithm={
         "name": "optuna", "num_samples": 4, "max_concurrent": 2, "seed": 0,

@@ -161,6 +161,45 @@ def test_pareto_front_keeps_the_points_nothing_beats():
     assert plots.pareto_front(points) == [1, 0, 2]
 
 
+def test_the_lambda_plot_draws_each_outcome_with_its_own_marker(tmp_path, monkeypatch):
+    """A rejected trial is an open diamond at its value, labelled as rejected, a finished one a filled
+    circle, a failed one a cross on the lambda axis: the words are `Outcome.tag`'s."""
+    import numpy as np
+    from matplotlib.markers import MarkerStyle
+
+    from sweeps.storage import Outcome
+
+    figures, save = [], plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append(fig), save(fig, path))[1])
+    outcomes = {1.0: (Outcome.COMPLETE, 0.9), 1e3: (Outcome.REJECTED, 0.7), 1e6: (Outcome.FAILED, None)}
+    trials = [plots.TrialPoint(f"t{i}", small_config({"strategy.name": "ewc", "strategy.lambda": lam}), outcome.tag,
+                               {} if value is None else {"val_average_accuracy": value})
+              for i, (lam, (outcome, value)) in enumerate(outcomes.items())]
+    trials[2].last["val_average_accuracy"] = float("nan")  # a failed trial's last value, if any, is not drawn
+    assert plots.accuracy_vs_lambda(trials, "val_average_accuracy", tmp_path / "lambda.png").exists()
+
+    ax = figures[0].axes[0]
+    drawn = {}
+    for collection in ax.collections:
+        (x, y), = collection.get_offsets().tolist()
+        drawn[x] = (collection, y)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["ewc, " + plots.STATUS_STYLE[o.tag][2] for o, _ in outcomes.values()]
+    assert "ewc, rejected (broke a requirement of the objective)" in labels
+    for lam, (outcome, value) in outcomes.items():
+        collection, y = drawn[lam]
+        marker, filled, _ = plots.STATUS_STYLE[outcome.tag]
+        style = MarkerStyle(marker)
+        path = style.get_path().transformed(style.get_transform())  # as scatter draws it
+        assert np.allclose(collection.get_paths()[0].vertices, path.vertices), outcome
+        fill = collection.get_facecolors()
+        if marker != "x":  # a cross is lines only
+            assert (len(fill) > 0 and fill[0][3] > 0) == filled, outcome  # an open marker has no fill
+        if value is not None:
+            assert y == value
+    assert plots.STATUS_STYLE["rejected"][:2] == ("D", False)
+
+
 def _store_with_parent(tmp_path: Path):
     db = H.new_store(tmp_path.parent, tmp_path / "mlruns.db")
     store = T.Store(f"sqlite:///{db}", "unit")

@@ -178,10 +178,14 @@ def test_result_metrics_are_computed_from_its_matrices():
     assert min(result.test_matrix[i][i] for i in range(5)) > 0.9
 
 
-def test_reference_accuracy_adds_intransigence():
-    reference = [1.0, 0.9, 1.0, 0.95, 1.0]
-    result = run(small_config(), reference_accuracy=reference)
-    assert result.metrics["val_intransigence"] == M.intransigence(result.val_matrix, reference)
+def test_a_reference_adds_intransigence_and_the_plasticity_ratio_on_each_split():
+    reference = M.Reference(val=[1.0, 0.9, 1.0, 0.95, 1.0], test=[0.9, 0.9, 0.8, 0.9, 1.0])
+    result = run(small_config(), reference=reference)
+    for split, R in (("val", result.val_matrix), ("test", result.test_matrix)):
+        a_star = getattr(reference, split)
+        assert result.metrics[f"{split}_intransigence"] == M.intransigence(R, a_star)
+        assert result.metrics[f"{split}_min_plasticity_ratio"] == M.min_plasticity_ratio(R, a_star)
+    assert result.metrics["val_intransigence"] != result.metrics["test_intransigence"]
 
 
 def test_result_is_json_ready_and_run_accepts_a_prebuilt_benchmark(synthetic):
