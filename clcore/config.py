@@ -105,6 +105,9 @@ class BenchmarkConfig:
     val_fraction: float = 0.1
     train_samples_per_task: Optional[int] = None
     rotations: Optional[list[float]] = None
+    # [start, stop): train and evaluate tasks start..stop-1 of the stream alone, renumbered from 0 (a
+    # selection protocol's view: the other tasks' data never reaches the run); null: every task
+    task_range: Optional[list[int]] = None
     data_dir: Optional[str] = None
     download: bool = True
 
@@ -137,6 +140,12 @@ class BenchmarkConfig:
             _require(self.name == "rotated_mnist", p + "rotations", "only applies to rotated_mnist")
             _require(len(self.rotations) == self.n_tasks, p + "rotations",
                      f"needs one angle per task ({self.n_tasks}), got {len(self.rotations)}")
+        if self.task_range is not None:
+            _require(isinstance(self.task_range, list) and len(self.task_range) == 2 and
+                     all(isinstance(v, int) for v in self.task_range) and
+                     0 <= self.task_range[0] < self.task_range[1] <= self.n_tasks, p + "task_range",
+                     f"must be [start, stop] with 0 <= start < stop <= n_tasks ({self.n_tasks}), got {self.task_range!r}",
+                     f"e.g. [0, {min(2, self.n_tasks)}] (the first tasks) or null (all)")
         if self.data_dir is not None:
             _require(Path(self.data_dir).expanduser().is_dir() or self.download, p + "data_dir",
                      f"directory {self.data_dir!r} does not exist and benchmark.download is false",
@@ -144,6 +153,11 @@ class BenchmarkConfig:
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir if self.data_dir is not None else default_data_dir()).expanduser()
+
+    @property
+    def tasks_run(self) -> int:
+        """Tasks a run trains: ``n_tasks``, or those of ``task_range``."""
+        return self.n_tasks if self.task_range is None else self.task_range[1] - self.task_range[0]
 
     @property
     def classes_per_task(self) -> int:

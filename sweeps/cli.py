@@ -230,6 +230,7 @@ def format_summary(state, table: bool = True) -> str:
                      f"after {best.tasks_seen}/{best.n_tasks} tasks")
         lines += _plasticity(best, spec, state.reference)
         lines += _finalists(state)
+        lines += _evaluation(state)
         lines += [f"  {k} = {_short(v)}" for k, v in best.params.items()]
         for name, key in (("validation", "val_matrix"), ("test", "test_matrix")):
             if best.last.get(key):
@@ -280,6 +281,29 @@ def _plasticity(trial, spec, reference) -> list[str]:
         lines.append(f"warning: the best trial learned task {worst} only to {learned[worst]:.4f} (chance "
                      f"{benchmark.chance_on_task(worst):.4f}): it may have stopped learning; objective.require: "
                      f"{{val_min_accuracy_current_task: '>= 0.9'}} rejects such trials")
+    return lines
+
+
+def _evaluation(state) -> list[str]:
+    """The protocol's evaluation of the chosen values on fresh seeds: test metrics, mean ± std."""
+    row = state.evaluation_row()
+    if row is None:
+        return []
+    spec = state.spec
+    m = row["metrics"]
+    lines = [f"  {spec.protocol.describe(spec.example_config().benchmark.n_tasks)}; seeds {row['seeds']}:"]
+    for name, label in (("average_accuracy", "average accuracy"), ("forgetting", "forgetting"),
+                        ("min_accuracy_current_task", "lowest accuracy right after learning"),
+                        ("accuracy_current_task", "accuracy on the last task just learned"),
+                        ("intransigence", "intransigence")):
+        if f"test_{name}" in m:
+            lines.append(f"    test {label} {m[f'test_{name}']['mean']:.4f} ± {m[f'test_{name}']['std']:.4f}")
+    lowest = m.get("test_min_accuracy_current_task", {}).get("mean")
+    evaluated = spec.evaluation_config(state.best().params, row["seeds"][0]).benchmark
+    chance = max(evaluated.chance_on_task(k) for k in range(evaluated.tasks_run))
+    if lowest is not None and lowest < chance + NEAR_CHANCE:
+        lines.append(f"warning: on the evaluation stream the chosen values learned some task only to {lowest:.4f} "
+                     f"(chance {chance:.4f}): tuned on the prefix, they may have stopped learning after it")
     return lines
 
 

@@ -29,6 +29,7 @@ complete, so TPE does not take its early score for a final one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -45,8 +46,10 @@ from ray.tune.search.optuna import OptunaSearch
 from clcore.data import load_raw
 from sweeps import environment, localray, space
 from sweeps.ray_private import BestOfCompleteReporter, attach_callbacks
-from sweeps.spec import OBJECTIVE_ATTR, Algorithm, Fifo, Objective, ReferenceSpec, Selection, SweepSpec, Values
-from sweeps.storage import (BEST_CONFIG_FILE, CHECKPOINT_DIRS, ERROR, FAILURE_FILE, FINALIST_OF, FINALISTS_DIR,
+from sweeps.spec import (OBJECTIVE_ATTR, Algorithm, EndOfTraining, Fifo, Objective, ReferenceSpec, Selection,
+                         SweepSpec, Values)
+from sweeps.storage import (BEST_CONFIG_FILE, CHECKPOINT_DIRS, ERROR, EVALUATION_DIR, EVALUATION_OF, FAILURE_FILE,
+                            FINALIST_OF, FINALISTS_DIR,
                             REFERENCE_DIR, REFERENCE_FILE, SPEC_FILE, SUMMARY_FILE, TERMINATED, TIME_ATTR, Outcome,
                             SweepState, TrialLedger, TrialRecord, as_reference, load_sweep, read_reference,
                             reference_from, trial_dirname)
@@ -276,13 +279,16 @@ def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking, raw, verbose: i
     if spec.selection.finalists:
         _run_finalists(spec, state, raw, verbose, reference)
         state = load_sweep(path)
+    if spec.evaluation_seeds:
+        _evaluate(spec, state, raw, verbose, reference)
+        state = load_sweep(path)
     if not spec.storage.keep_ended:
         state.prune_checkpoints()
     state.wall_seconds = time.perf_counter() - started
     (path / SUMMARY_FILE).write_text(json.dumps(state.to_summary(), indent=2, default=str))
-    best = state.best()
-    if best is not None:
-        state.trial_config(best).to_yaml(path / BEST_CONFIG_FILE)
+    chosen = state.chosen_config()
+    if chosen is not None:
+        chosen.to_yaml(path / BEST_CONFIG_FILE)
     tracking.sweep_finished(spec, state)
     return state
 
@@ -332,8 +338,8 @@ def _run_finalists(spec: SweepSpec, state: SweepState, raw, verbose: int, refere
                                               "selection": Selection()}), folder)
     if verbose:
         print(f"clsweep: {len(finalists)} finalists, each on seeds {seeds}", flush=True)
-    trainable = tune.with_parameters(_run_finalist, spec=runs, raw=raw,
-                                     finalists={t.trial_id: t.params for t in finalists},
+    trainable = tune.with_parameters(_run_again, spec=runs, raw=raw, key=FINALIST_OF,
+                                     values={t.trial_id: t.params for t in finalists},
                                      reference=as_reference(reference))
     _side_sweep(runs, tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
                 {FINALIST_OF: tune.grid_search([t.trial_id for t in finalists]), "seed": tune.grid_search(seeds)},
@@ -354,15 +360,47 @@ def _side_sweep(runs: SweepSpec, trainable, param_space: dict, verbose: int) -> 
         run_config=tune.RunConfig(
             name=runs.name, storage_path=runs.storage.path, verbose=min(verbose, 1),
             failure_config=tune.FailureConfig(max_failures=runs.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=runs.storage.checkpoints_to_keep)))
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=runs.storage.checkpoints_to_keep),
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback()]))
     attach_callbacks(tuner, [_TrialLedgerCallback(folder)])
     tuner.fit()
 
 
-def _run_finalist(config: dict, *, spec: SweepSpec, raw, finalists: dict[str, dict], reference) -> None:
-    """One finalist on one fresh seed: its search trial's values, and ``seed``."""
-    run_trial({**finalists[config[FINALIST_OF]], FINALIST_OF: config[FINALIST_OF], "seed": config["seed"]},
-              spec=spec, raw=raw, reference=reference)
+def _evaluate(spec: SweepSpec, state: SweepState, raw, verbose: int, reference: Optional[dict]) -> None:
+    """A ``prefix`` protocol's evaluation: the chosen values (the best trial's, after finalists) trained
+    on the evaluation stream (every task, or those after the prefix alone) on ``protocol.seeds`` fresh
+    seeds, in parallel, a sweep of its own in ``<sweep>/evaluation``. One that did not finish, or that
+    evaluated another trial, starts again."""
+    best = state.best()
+    seeds = spec.evaluation_seeds
+    done = state.evaluation is not None and len(state.evaluation.trials) == len(seeds) and all(
+        t.outcome.ended and t.params.get(EVALUATION_OF) == getattr(best, "trial_id", None) for t in state.evaluation.trials)
+    folder = state.path / EVALUATION_DIR
+    if done:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    if best is None:
+        return
+    base = copy.deepcopy(spec.base)
+    base.setdefault("benchmark", {})["task_range"] = spec.protocol.evaluation_range(
+        state.trial_config(best).benchmark.n_tasks)
+    runs = _stored_at(spec.model_copy(update={
+        "name": EVALUATION_DIR, "base": base, "protocol": EndOfTraining(name="end_of_training"),
+        "scheduler": Fifo(name="fifo"), "selection": Selection()}), folder)
+    if verbose:
+        print(f"clsweep: {spec.protocol.describe(spec.example_config().benchmark.n_tasks)}; trial {best.trial_id} "
+              f"on seeds {seeds}", flush=True)
+    trainable = tune.with_parameters(_run_again, spec=runs, raw=raw, key=EVALUATION_OF,
+                                     values={best.trial_id: best.params}, reference=as_reference(reference))
+    _side_sweep(runs, tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+                {EVALUATION_OF: tune.grid_search([best.trial_id]), "seed": tune.grid_search(seeds)}, verbose)
+
+
+def _run_again(config: dict, *, spec: SweepSpec, raw, key: str, values: dict[str, dict], reference) -> None:
+    """A search trial's values again on a fresh seed (a finalist, an evaluation run): ``config`` is
+    ``{key: <search trial id>, seed: <seed>}``."""
+    run_trial({**values[config[key]], key: config[key], "seed": config["seed"]}, spec=spec, raw=raw,
+              reference=reference)
 
 
 def _reporter(spec: SweepSpec):

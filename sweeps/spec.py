@@ -62,7 +62,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
-from clcore.config import (ConfigError, ExperimentConfig, StrategyConfig, YamlFileError, config_paths, mutable_paths,
+from clcore.config import (BenchmarkConfig, ConfigError, ExperimentConfig, StrategyConfig, YamlFileError, config_paths, mutable_paths,
                            parse_override, read_yaml_file, set_path)
 from clcore.params import RuleError, coerce
 from clcore.metrics import UNMEASURABLE, WITH_REFERENCE
@@ -105,7 +105,8 @@ ALGORITHMS = ("optuna", "random", "grid")
 SAMPLERS = ("tpe", "random")
 # Fields a sweep cannot search: the dataset is loaded once per sweep and shared by its trials, and
 # benchmark.n_tasks is the schedulers' time axis.
-NOT_SEARCHABLE = ("benchmark.name", "benchmark.data_dir", "benchmark.download", "benchmark.n_tasks")
+NOT_SEARCHABLE = ("benchmark.name", "benchmark.data_dir", "benchmark.download", "benchmark.n_tasks",
+                  "benchmark.task_range")  # (the task range is the protocol's)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # s3://, gs://, file://, hdfs://: not a directory path
 NUMBER_TEXT = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"  # YAML 1.1 reads 1e-3 as a string
@@ -415,6 +416,58 @@ class ReferenceSpec(_Section):
         return list(self.lr or [])
 
 
+class Protocol(_Section):
+    """How hyperparameters are selected (tagged on ``name``): which tasks the search may see."""
+
+    noun: ClassVar[str] = "protocol"
+
+    @classmethod
+    def unknown(cls, tag):
+        return f"is not a setting of protocol {tag!r}", ", ".join(n for n in cls.model_fields if n != "name") or "none"
+
+    def evaluation_range(self, n_tasks: int) -> Optional[list[int]]:
+        """``benchmark.task_range`` of the runs that evaluate the chosen values (None: the whole stream)."""
+        return None
+
+
+class EndOfTraining(Protocol):
+    """Every trial trains the whole stream and is scored on it: what every peer does, and what a
+    continual learner, which sees its stream once, could not do."""
+
+    name: Literal["end_of_training"]
+
+
+class Prefix(Protocol):
+    """Tune on the first ``tasks`` tasks alone (trials train and are scored on them; the later tasks'
+    data never reaches a trial), then fix the chosen values and train them on ``seeds`` fresh seeds on
+    the evaluation stream: every task (``evaluate_on: all``; ``tasks: 1`` is Lee et al. 2024's
+    first-task protocol) or only the tasks after the prefix, as a stream of their own (``rest``:
+    A-GEM's, Chaudhry et al. 2019, tuned on 3 tasks of 20)."""
+
+    name: Literal["prefix"]
+    tasks: _kind(int, ge=1)
+    evaluate_on: Literal["all", "rest"] = "all"
+    seeds: _kind(int, ge=1) = 3
+
+    def evaluation_range(self, n_tasks: int) -> Optional[list[int]]:
+        return None if self.evaluate_on == "all" else [self.tasks, n_tasks]
+
+    def describe(self, n_tasks: int) -> str:
+        seen = "task 0" if self.tasks == 1 else f"tasks 0..{self.tasks - 1}"
+        evaluated = "every task" if self.evaluate_on == "all" else \
+            f"tasks {self.tasks}..{n_tasks - 1} alone (a stream of their own)"
+        return f"prefix: tuned on {seen} of {n_tasks}, evaluated on {evaluated}"
+
+
+PROTOCOL_KINDS = (EndOfTraining, Prefix)
+PROTOCOLS = {typing.get_args(kind.model_fields["name"].annotation)[0]: kind for kind in PROTOCOL_KINDS}
+
+
+def _protocol_by_name(value):
+    """``protocol: end_of_training`` is short for ``{name: end_of_training}``."""
+    return {"name": value} if isinstance(value, str) else value
+
+
 class TrackingSpec(_Section):
     mlflow: Bool = False
     tracking_uri: Optional[Str] = None  # null: $MLFLOW_TRACKING_URI, else the tracking layer's default
@@ -422,6 +475,7 @@ class TrackingSpec(_Section):
 
 AnyDistribution = Annotated[Union[DISTRIBUTION_KINDS], Field(discriminator="dist")]
 AnyScheduler = Annotated[Union[SCHEDULER_KINDS], Field(discriminator="name")]
+AnyProtocol = Annotated[Union[PROTOCOL_KINDS], Field(discriminator="name")]
 
 
 # ------------------------------------------------------------------------------ the spec
@@ -443,6 +497,9 @@ class SweepSpec(_Section):
     base: dict  # the ExperimentConfig mapping as written (searched fields may be absent); clcore validates it
     search: Annotated[dict[str, AnyDistribution], Field(min_length=1)]
     objective: Objective = Field(default_factory=Objective)
+    protocol: Annotated[AnyProtocol, BeforeValidator(
+        _protocol_by_name, json_schema_input_type=Union[Literal[tuple(PROTOCOLS)], AnyProtocol])
+    ] = Field(default_factory=lambda: EndOfTraining(name="end_of_training"))
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
     selection: Selection = Field(default_factory=Selection)
     algorithm: Algorithm = Field(default_factory=Algorithm)
@@ -479,7 +536,22 @@ class SweepSpec(_Section):
         ``seed`` for a finalist's run on a fresh seed; other keys are ignored.
         """
         values = {key: decode_value(key, value) for key, value in params.items() if key in self.search or key == "seed"}
+        if isinstance(self.protocol, Prefix):  # the tasks the search may see, and no other
+            values["benchmark.task_range"] = [0, self.protocol.tasks]
         return ExperimentConfig.from_dict(_merged(self.base, self.active(values)))
+
+    def evaluation_config(self, params: dict[str, Any], seed: int) -> ExperimentConfig:
+        """The config the protocol evaluates a trial's values with: the evaluation stream, on ``seed``."""
+        config = self.trial_config({**params, "seed": seed})
+        config.benchmark.task_range = self.protocol.evaluation_range(config.benchmark.n_tasks)
+        config.validate()
+        return config
+
+    @property
+    def evaluation_seeds(self) -> list[int]:
+        """The fresh seeds a ``prefix`` protocol's evaluation trains on: after the search's and the finalists'."""
+        after = self.example_config().seed + (self.selection.seeds if self.selection.finalists else 0)
+        return [after + 1 + i for i in range(getattr(self.protocol, "seeds", 0))]
 
     def conditions(self) -> dict[str, tuple[str, Any]]:
         """Searched keys that exist only under a value of another searched key, ``{key: (that key, value)}``:
@@ -528,7 +600,8 @@ class SweepSpec(_Section):
 
     @property
     def n_tasks(self) -> int:
-        return self.example_config().benchmark.n_tasks
+        """Tasks a trial trains (the schedulers' time axis): the stream's, or the protocol's prefix."""
+        return self.example_config().benchmark.tasks_run
 
     @property
     def mode(self) -> str:
@@ -804,14 +877,40 @@ class _Rules:
     def check(self, spec: SweepSpec) -> None:
         self.spec = spec
         self.search(spec.search)
+        self.protocol(spec)
         first = self.check_values(spec)
         self.objective(spec.objective, first, spec.search)
         self.algorithm(spec.algorithm, spec.search, first)
-        self.scheduler(spec.scheduler, spec.search, spec.algorithm, first.benchmark.n_tasks)
+        self.scheduler(spec.scheduler, spec.search, spec.algorithm, first.benchmark.tasks_run)
         self.resources(spec.resources, first, spec.search)
         self.storage(spec.storage, spec.scheduler)
         self.selection(spec.selection, spec.search, spec.algorithm)
         self.reference(spec)
+
+    def protocol(self, spec: SweepSpec) -> None:
+        """Before the values are checked: a prefix makes every trial's task range."""
+        p = spec.protocol
+        if not isinstance(p, Prefix):
+            return
+        try:
+            n_tasks = coerce(int, (spec.base.get("benchmark") or {}).get("n_tasks", BenchmarkConfig.n_tasks), "")
+        except RuleError:
+            return  # check_values names the bad n_tasks
+        if p.tasks >= n_tasks:
+            raise self.error("protocol.tasks", f"got {p.tasks}, but the stream has {n_tasks} tasks (tuning on all of "
+                                               f"them is end_of_training)", f"1..{n_tasks - 1}")
+        if p.tasks == 1:
+            penalty = next((k for k in spec.search if k.startswith("strategy.")), None)
+            if penalty is not None:
+                raise self.error(f"search.{penalty}", "has no effect on the first task (a strategy's penalty acts "
+                                                      "from the second task on), so a search on task 0 alone "
+                                                      "cannot choose it", "protocol.tasks >= 2")
+        if (self.spec.base.get("benchmark") or {}).get("task_range") is not None:
+            raise self.error("base.benchmark.task_range", "is set, but the protocol decides which tasks trials see",
+                             "null (or protocol: end_of_training)")
+        if p.evaluate_on == "rest" and spec.reference.strategy is not None:
+            raise self.error("reference.strategy", "the reference trains the whole stream, while evaluate_on: rest "
+                                                   "trains the tasks after the prefix alone", "null with evaluate_on: rest")
 
     def reference(self, spec: SweepSpec) -> None:
         ref, objective = spec.reference, spec.objective

@@ -17,6 +17,8 @@ record, in JSON only:
                         of its own, trained before the search
     reference.json      a*_k per task (validation and test) and the reference run each came from:
                         what every trial is measured against (`Reference`)
+    evaluation/         with ``protocol: prefix``: the chosen values trained on the evaluation stream
+                        on ``protocol.seeds`` fresh seeds, a sweep folder of its own (``evaluation_of``, ``seed``)
     finalists/          with ``selection.finalists``: the finalists trained again on fresh seeds, a
                         sweep folder of its own (its trials' Ray config: ``finalist_of``, ``seed``)
     summary.json, best_config.yaml   after the sweep
@@ -52,6 +54,8 @@ FAILURE_FILE = "clsweep_failure.json"  # in a trial's folder; written by a deter
 TIME_ATTR = "tasks_seen"  # the schedulers' time axis
 CHECKPOINT_DIRS = "checkpoint_*"  # Ray's checkpoint folders in a trial's folder
 FINALISTS_DIR = "finalists"  # in the sweep's folder: the finalists' runs on fresh seeds, a sweep folder itself
+EVALUATION_DIR = "evaluation"  # in the sweep's folder: the protocol's evaluation runs, a sweep folder itself
+EVALUATION_OF = "evaluation_of"  # an evaluation run's Ray config: {evaluation_of: <search trial id>, seed: <fresh seed>}
 REFERENCE_DIR = "reference"  # in the sweep's folder: the reference runs, a sweep folder itself
 REFERENCE_FILE = "reference.json"  # in the sweep's folder: a*_k per task, from the reference runs
 FINALIST_OF = "finalist_of"  # a finalist run's Ray config: {finalist_of: <search trial id>, seed: <fresh seed>}
@@ -141,6 +145,32 @@ class SweepState:
     wall_seconds: Optional[float] = None  # of the last run or resume that ended (its summary.json)
     finalists: Optional["SweepState"] = None  # the finalists' runs on fresh seeds (``selection.finalists``)
     reference: Optional[dict] = None  # ``reference.json`` (`reference_from`): a*_k per task, once trained
+    evaluation: Optional["SweepState"] = None  # a prefix protocol's evaluation runs of the chosen values
+
+    def chosen_config(self) -> Optional[ExperimentConfig]:
+        """What the sweep selected, as it is to be trained (``best_config.yaml``): the best trial's config,
+        or with a ``prefix`` protocol its evaluation config on the first evaluation seed (that run again)."""
+        best = self.best()
+        if best is None:
+            return None
+        seeds = self.spec.evaluation_seeds
+        return self.spec.evaluation_config(best.params, seeds[0]) if seeds else self.trial_config(best)
+
+    def evaluation_row(self) -> Optional[dict]:
+        """The protocol's evaluation of the chosen values: which trial, the seeds, and per metric of
+        `BOUGHT` (test and validation) the value on each seed, mean and std; None before it ran."""
+        runs = [r for r in (self.evaluation.trials if self.evaluation else []) if r.outcome.ended and r.history]
+        if not runs:
+            return None
+        metrics = {}
+        for split in ("test", "val"):
+            for name in BOUGHT:
+                values = [r.last.get(f"{split}_{name}") for r in runs]
+                if all(_finite(v) for v in values):
+                    metrics[f"{split}_{name}"] = {"values": values, "mean": statistics.fmean(values),
+                                                  "std": statistics.pstdev(values)}
+        return {"trial_id": runs[0].params[EVALUATION_OF], "seeds": [r.params["seed"] for r in runs],
+                "outcomes": [r.outcome for r in runs], "metrics": metrics}
 
     def finalist_scores(self) -> dict[str, list[float]]:
         """Search trial id -> its objective on each fresh seed, for finalists whose every seed's run
@@ -200,6 +230,7 @@ class SweepState:
             "name": self.spec.name, "path": str(self.path), "objective": self.spec.objective.metric,
             "mode": self.spec.mode, "wall_seconds": self.wall_seconds, "counts": self.counts(),
             "finalists": self.finalist_rows(), "reference": self.reference,
+            "protocol": self.spec.protocol.name, "evaluation": self.evaluation_row(),
             "storage_bytes": folder_bytes(self.path),
             "best_trial": None if best is None else {
                 "trial_id": best.trial_id, "value": best.last[self.spec.objective.metric], "params": best.params,
@@ -222,7 +253,7 @@ class SweepState:
         except the best trial's newest, kept for whoever wants its weights. Failed and unfinished trials
         keep theirs: ``clsweep resume`` continues them. The finalists' runs likewise. Returns the bytes freed."""
         best = self.best()
-        freed = self.finalists.prune_checkpoints() if self.finalists is not None else 0
+        freed = sum(runs.prune_checkpoints() for runs in (self.finalists, self.evaluation) if runs is not None)
         for trial in self.trials:
             if trial.outcome not in (Outcome.COMPLETE, Outcome.REJECTED, Outcome.STOPPED_EARLY):
                 continue
@@ -327,8 +358,9 @@ def load_sweep(path: str | Path, reference: Optional[dict] = None) -> SweepState
             if history else None))
     summary = path / SUMMARY_FILE  # written by the driver when a run or resume ends
     wall = json.loads(summary.read_text()).get("wall_seconds") if summary.exists() else None
-    finalists = load_sweep(path / FINALISTS_DIR, reference) if (path / FINALISTS_DIR / SPEC_FILE).exists() else None
-    return SweepState(spec, path, trials, wall, finalists, reference)
+    finalists, evaluation = (load_sweep(path / folder, reference) if (path / folder / SPEC_FILE).exists() else None
+                             for folder in (FINALISTS_DIR, EVALUATION_DIR))
+    return SweepState(spec, path, trials, wall, finalists, reference, evaluation)
 
 
 def _json_lines(file: Path) -> list[dict]:

@@ -10,7 +10,8 @@ What a sweep leaves in MLflow::
         |                               clsweep.search_alg, clsweep.metric, clsweep.mode, clsweep.storage_path,
         |                               clsweep.best_trial_id, clsweep.best_run_id, best.<config field>
         |                         params    the sweep's settings (objective, algorithm, search.<field>, ...)
-        |                         metrics   the best trial's last-task metrics (step = trials ended)
+        |                         metrics   the best trial's last-task metrics (step = trials ended);
+        |                                   with a prefix protocol evaluation_<metric>[_std] over its seeds
         |                         artifacts sweep.yaml (the resolved sweep file), best_config.yaml,
         |                                   plots/accuracy_vs_lambda.png, plots/accuracy_forgetting_pareto.png,
         |                                   plots/learning_curves.png, reference.json (with a reference)
@@ -329,6 +330,22 @@ class SweepTracker:
                 self.store.client.log_batch(run_ids[trial_id], synchronous=True, metrics=[
                     Metric(k, v, now, len(values)) for k, v in metrics.items()])
 
+    def log_evaluation(self, state: "SweepState", parent) -> None:
+        """On the parent run: a protocol's evaluation of the chosen values, ``evaluation_<metric>`` and
+        ``evaluation_<metric>_std`` over its fresh seeds (test and validation)."""
+        row = state.evaluation_row()
+        if row is None:
+            return
+        from mlflow.entities import Metric
+
+        metrics = {}
+        for name, value in row["metrics"].items():
+            metrics[f"evaluation_{name}"], metrics[f"evaluation_{name}_std"] = value["mean"], value["std"]
+        if any(parent.data.metrics.get(k) != v for k, v in metrics.items()):
+            now = int(time.time() * 1000)
+            self.store.client.log_batch(parent.info.run_id, synchronous=True, metrics=[
+                Metric(k, v, now, len(row["seeds"])) for k, v in metrics.items()])
+
     def summarize(self, state: "SweepState", run_ids: dict[str, str]) -> Optional["TrialRecord"]:
         """On the parent run: the best trial's metrics and config, and the sweep's plots."""
         from sweeps import plots
@@ -339,7 +356,7 @@ class SweepTracker:
         parent = store.client.get_run(parent_id)
         files = {"sweep.yaml": spec.to_yaml}
         if best is not None:
-            config = state.trial_config(best)
+            config = state.chosen_config()
             values = trial_metrics(best.last)
             if parent.data.tags.get(BEST_TRIAL_TAG) != best.trial_id or any(
                     parent.data.metrics.get(k) != v for k, v in values.items()):
@@ -352,6 +369,7 @@ class SweepTracker:
                                     **{f"best.{k}": _param_value(v) for k, v in config.flat().items()}})
             files["best_config.yaml"] = config.to_yaml
         self.log_finalists(state, run_ids)
+        self.log_evaluation(state, parent)
         if state.reference is not None:  # what intransigence and the plasticity ratio were measured against
             files[REFERENCE_FILE] = lambda p: p.write_text(json.dumps(state.reference, indent=2))
         trials = [plots.TrialPoint(t.trial_id, state.trial_config(t), t.outcome.tag, t.last)

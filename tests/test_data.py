@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from clcore.config import BenchmarkConfig, ExperimentConfig
+from clcore.config import BenchmarkConfig, ConfigError, ExperimentConfig
 from clcore.data import (EXPECTED_FILES, DatasetNotFoundError, RawData, build_benchmark, load_raw,
                          synthetic_raw)
 
@@ -188,6 +188,30 @@ def test_benchmark_is_fixed_by_its_seed():
             sa, sb = splits(ta)[name], splits(tb)[name]
             assert torch.equal(sa.x, sb.x) and torch.equal(sa.y, sb.y)
         assert not torch.equal(ta.val.x, tc.val.x)  # another seed carves another validation set
+
+
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
+def test_a_task_range_is_those_tasks_alone_renumbered_from_zero(scenario):
+    """benchmark.task_range [2, 4]: tasks 2 and 3 of the stream, as tasks 0 and 1 of a stream of their own
+    (task ids, and class-IL targets, start at 0); no sample of another task is in it."""
+    raw = synthetic_raw(0)
+    full = build_benchmark(bench_config(scenario=scenario, n_tasks=5), raw)
+    view = build_benchmark(bench_config(scenario=scenario, n_tasks=5, task_range=[2, 4]), raw)
+    assert view.n_tasks == 2 and [t.id for t in view.tasks] == [0, 1]
+    shift = 2 * full.classes_per_task if scenario == "class" else 0
+    for new, old in zip(view.tasks, full.tasks[2:4]):
+        assert new.classes == old.classes
+        for name in ("train", "val", "test"):
+            a, b = splits(new)[name], splits(old)[name]
+            assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y - shift) and torch.equal(a.task_ids, b.task_ids - 2)
+    assert {c for t in view.tasks for c in t.classes}.isdisjoint({c for t in full.tasks[:2] + full.tasks[4:]
+                                                                  for c in t.classes})
+
+
+@pytest.mark.parametrize("task_range", [[0, 0], [3, 2], [0, 6], [-1, 2], [0]])
+def test_a_task_range_outside_the_stream_is_rejected(task_range):
+    with pytest.raises(ConfigError, match=r"benchmark.task_range: must be \[start, stop\] with 0 <= start < stop"):
+        bench_config(n_tasks=5, task_range=task_range).validate()
 
 
 # ------------------------------------------------------------------------------------ real MNIST

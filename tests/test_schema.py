@@ -29,7 +29,7 @@ STRUCTURAL = {
     "asha_reduction_factor_one", "bad_name", "base_unknown_key", "distribution_extra_setting",
     "distribution_missing_setting", "distribution_not_a_mapping", "empty_search", "missing_base", "mlflow_not_bool",
     "negative_max_failures", "not_a_config_field", "objective_bad_mode", "pbt_quantile_above_half",
-    "reference_lr_not_positive", "reference_unknown_strategy",
+    "prefix_without_tasks", "reference_lr_not_positive", "reference_unknown_strategy", "unknown_protocol",
     "scheduler_not_a_mapping", "search_benchmark_name", "search_n_tasks", "setting_of_another_scheduler",
     "storage_unknown_key", "test_objective", "unknown_algorithm", "unknown_distribution", "unknown_objective",
     "unknown_sampler", "unknown_scheduler", "unknown_section", "values_empty", "zero_cpus"

@@ -259,6 +259,53 @@ def test_a_reference_measures_intransigence_and_rejects_a_trial_far_below_it(tmp
     assert "reference.json" in {f.path for f in client.list_artifacts(parent.info.run_id)}
 
 
+def test_the_prefix_protocol_tunes_on_the_first_tasks_alone_and_evaluates_on_the_rest(tmp_path, local_ray, capsys):
+    """A-GEM's protocol, small: trials see tasks 0 and 1 only (their matrices have no other column), the
+    chosen lr then trains tasks 2..4 as a stream of their own on two fresh seeds, and best_config.yaml
+    retrains the first of those runs exactly."""
+    import mlflow
+
+    from sweeps.storage import EVALUATION_OF
+    from sweeps.tracking import MLflowTracking
+
+    spec = SweepSpec.from_dict(sweep(
+        tmp_path, "prefix", search={"train.lr": {"dist": "grid", "values": [0.003, 0.1]}},
+        protocol={"name": "prefix", "tasks": 2, "evaluate_on": "rest", "seeds": 2},
+        algorithm={"name": "grid"}, scheduler="fifo"))
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    state = run_sweep(spec, verbose=0, tracking=MLflowTracking(uri))
+
+    assert spec.n_tasks == 2 and state.counts() == {"complete": 2}
+    for trial in state.trials:  # what the search saw: the prefix, and nothing else
+        assert state.trial_config(trial).benchmark.task_range == [0, 2]
+        assert [len(row) for row in trial.last["val_matrix"] + trial.last["test_matrix"]] == [2] * 4
+    best = state.best()
+    runs = state.evaluation.trials
+    assert sorted(r.params["seed"] for r in runs) == spec.evaluation_seeds == [1, 2]
+    for run in runs:
+        assert run.params[EVALUATION_OF] == best.trial_id and run.last["config"]["train.lr"] == best.params["train.lr"]
+        assert run.outcome == "complete" and [len(row) for row in run.last["test_matrix"]] == [3, 3, 3]
+    chosen = ExperimentConfig.from_yaml(spec.experiment_path / "best_config.yaml")
+    assert chosen.benchmark.task_range == [2, 5] and chosen.seed == 1 and chosen.train.lr == best.params["train.lr"]
+    again = clcore.run(chosen)
+    assert again.test_matrix == next(r for r in runs if r.params["seed"] == 1).last["test_matrix"]
+
+    row = json.loads((spec.experiment_path / "summary.json").read_text())["evaluation"]
+    values = sorted(r.last["test_average_accuracy"] for r in runs)
+    assert sorted(row["metrics"]["test_average_accuracy"]["values"]) == values
+    assert row["metrics"]["test_average_accuracy"]["mean"] == pytest.approx(sum(values) / 2)
+    capsys.readouterr()
+    assert main(["status", str(spec.experiment_path)]) == 0
+    out = capsys.readouterr().out
+    assert "prefix: tuned on tasks 0..1 of 5, evaluated on tasks 2..4 alone (a stream of their own); seeds [1, 2]:" in out
+    assert f"test average accuracy {row['metrics']['test_average_accuracy']['mean']:.4f} ± " in out
+    client = mlflow.MlflowClient(uri)
+    parent, = client.search_runs([client.get_experiment_by_name("prefix").experiment_id],
+                                 "tags.`clsweep.kind` = 'sweep'")
+    assert parent.data.metrics["evaluation_test_average_accuracy"] == pytest.approx(
+        row["metrics"]["test_average_accuracy"]["mean"])
+
+
 def test_optuna_searches_online_ewcs_decay_only_where_the_mode_is_online(tmp_path, local_ray):
     data = sweep(tmp_path, "conditional", algorithm={
         "name": "optuna", "num_samples": 4, "max_concurrent": 2, "seed": 0,

@@ -188,6 +188,17 @@ def test_a_reference_adds_intransigence_and_the_plasticity_ratio_on_each_split()
     assert result.metrics["val_intransigence"] != result.metrics["test_intransigence"]
 
 
+@pytest.mark.parametrize("scenario", ["task", "domain"])
+def test_a_run_on_the_first_tasks_is_the_full_run_stopped_there(scenario, synthetic):
+    """What the prefix protocol relies on: training tasks 0..k-1 alone (benchmark.task_range) gives the
+    accuracies the full stream's run had on them after k tasks, and never sees the other tasks."""
+    full = run(small_config({"benchmark.scenario": scenario}), raw=synthetic)
+    prefix = run(small_config({"benchmark.scenario": scenario, "benchmark.task_range": [0, 2]}), raw=synthetic)
+    assert len(prefix.val_matrix) == 2 and all(len(row) == 2 for row in prefix.val_matrix + prefix.test_matrix)
+    assert prefix.val_matrix == [row[:2] for row in full.val_matrix[:2]]
+    assert prefix.test_matrix == [row[:2] for row in full.test_matrix[:2]]
+
+
 def test_result_is_json_ready_and_run_accepts_a_prebuilt_benchmark(synthetic):
     config = small_config()
     benchmark = build_benchmark(config.benchmark, synthetic, "cpu")

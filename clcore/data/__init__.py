@@ -13,7 +13,7 @@ its task (0..k-1); class-incremental targets are ``task * k + index`` (task t ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -103,6 +103,16 @@ class Benchmark:
     @property
     def n_tasks(self) -> int:
         return len(self.tasks)
+
+    def view(self, start: int, stop: int) -> "Benchmark":
+        """Tasks ``start..stop-1`` as a stream of their own, renumbered from 0 (task ids, and class-IL
+        targets, so that heads and the incremental mask see a stream that starts there); the other
+        tasks' data is not in it."""
+        shift = start * self.classes_per_task if self.scenario == "class" else 0
+        tasks = [Task(new, task.classes, *(Split(s.x, s.y - shift, s.task_ids - start)
+                                           for s in (task.train, task.val, task.test)))
+                 for new, task in enumerate(self.tasks[start:stop])]
+        return replace(self, tasks=tasks)
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -228,7 +238,8 @@ def build_benchmark(config: BenchmarkConfig, raw: RawData, device: torch.device 
         tasks.append(Task(t, classes, splits["train"], splits["val"], splits["test"]))
 
     mean, std = raw.normalisation
-    return Benchmark(config.name, config.scenario, tasks, tuple(raw.x_train.shape[1:]), k, mean, std)
+    benchmark = Benchmark(config.name, config.scenario, tasks, tuple(raw.x_train.shape[1:]), k, mean, std)
+    return benchmark if config.task_range is None else benchmark.view(*config.task_range)
 
 
 def load_benchmark(config: BenchmarkConfig, device: torch.device | str = "cpu") -> Benchmark:
