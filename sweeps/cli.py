@@ -86,6 +86,26 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0 if state.best() is not None else 1
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from sweeps.compare import plan
+
+    tokens = [t.strip() for t in args.protocols.split(",") if t.strip()]
+    specs = plan(args.space, tokens, args.seeds, args.set)  # every protocol validated before Ray starts
+    if args.dry_run:
+        for token, spec in specs:
+            print(f"{token}: {spec.experiment_path} ({spec.protocol.describe(spec.example_config().benchmark.n_tasks)}, "
+                  f"evaluation seeds {spec.evaluation_seeds})")
+        return 0
+    from sweeps.compare import markdown, run_compare
+
+    rows, folder = run_compare(args.space, tokens, args.seeds, args.set, address=args.address,
+                               num_cpus=args.num_cpus, tracking_for=lambda spec: _tracking(args))
+    print()
+    print(markdown(rows), end="")
+    print(f"table: {folder}/compare.md (.csv, .json, .png)")
+    return 0 if all(r["test_average_accuracy"] is not None for r in rows) else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from sweeps.storage import load_sweep  # JSON files only: no Ray, no pickle
 
@@ -361,6 +381,18 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_argument(p, "the store the sweep used, else as for run; giving it turns MLflow tracking on")
     p.set_defaults(func=cmd_resume)
 
+    p = sub.add_parser("compare", help="one sweep file under several selection protocols, side by side")
+    p.add_argument("space", help="sweep file, e.g. search_spaces/quickstart.yaml")
+    p.add_argument("--protocols", default="end_of_training,prefix:2",
+                   help="comma-separated: end_of_training, prefix:K (tune on the first K tasks), prefix:K:rest "
+                        "(and evaluate on the tasks after them alone); default: end_of_training,prefix:2")
+    p.add_argument("--seeds", type=int, default=3, help="fresh seeds each protocol's choice trains on (default: 3)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a sweep setting, as for run")
+    _ray_arguments(p)
+    _tracking_argument(p, "as for run")
+    p.add_argument("--dry-run", action="store_true", help="validate every protocol's sweep; start nothing")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("status", help="state of a running or finished sweep, from its storage folder")
     p.add_argument("path", help="the sweep's storage folder, <storage.path>/<name>")
     p.add_argument("--json", action="store_true", help="print the state as JSON")
@@ -419,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     from sweeps import environment
 
     environment.set_for_this_process()  # the program's own environment: Ray's and MLflow's settings
-    if args.command in ("run", "resume") and not getattr(args, "dry_run", False):
+    if args.command in ("run", "resume", "compare") and not getattr(args, "dry_run", False):
         _stop_on_sigterm()
     try:
         return args.func(args)

@@ -165,6 +165,26 @@ def learning_curves(trials: Sequence[TrialPoint], best_trial_id: Optional[str], 
     return _save(fig, path)
 
 
+def protocols_against_compute(rows: Sequence[dict], path: Path) -> Optional[Path]:
+    """`clsweep compare`: each protocol's test average accuracy (mean ± std over its evaluation seeds)
+    against the task trainings it spent, one point per protocol."""
+    points = [r for r in rows if r.get("test_average_accuracy") is not None]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, r in enumerate(points):
+        ax.errorbar(r["task_trainings"], r["test_average_accuracy"], yerr=r["test_average_accuracy_std"], fmt="o",
+                    capsize=4, color=f"C{i % 10}", label=r["protocol"])
+        ax.annotate(r["protocol"], (r["task_trainings"], r["test_average_accuracy"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=7)
+    ax.set_xlabel("task trainings (every phase of the protocol's sweep)")
+    ax.set_ylabel("test average accuracy (evaluation seeds)")
+    ax.set_title("selection protocols: accuracy against compute", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

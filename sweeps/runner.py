@@ -367,9 +367,9 @@ def _side_sweep(runs: SweepSpec, trainable, param_space: dict, verbose: int) -> 
 
 
 def _evaluate(spec: SweepSpec, state: SweepState, raw, verbose: int, reference: Optional[dict]) -> None:
-    """A ``prefix`` protocol's evaluation: the chosen values (the best trial's, after finalists) trained
-    on the evaluation stream (every task, or those after the prefix alone) on ``protocol.seeds`` fresh
-    seeds, in parallel, a sweep of its own in ``<sweep>/evaluation``. One that did not finish, or that
+    """The protocol's evaluation: the chosen values (the best trial's, after finalists) trained on the
+    evaluation stream (every task, or those after a prefix alone) on ``protocol.seeds`` fresh seeds, in
+    parallel, a sweep of its own in ``<sweep>/evaluation``. One that did not finish, or that
     evaluated another trial, starts again."""
     best = state.best()
     seeds = spec.evaluation_seeds

@@ -435,6 +435,10 @@ class EndOfTraining(Protocol):
     continual learner, which sees its stream once, could not do."""
 
     name: Literal["end_of_training"]
+    seeds: _kind(int, ge=0) = 0  # > 0: the best trial also trains on that many fresh seeds (its evaluation)
+
+    def describe(self, n_tasks: int) -> str:
+        return f"end_of_training: tuned on all {n_tasks} tasks, evaluated on every task"
 
 
 class Prefix(Protocol):
@@ -549,9 +553,10 @@ class SweepSpec(_Section):
 
     @property
     def evaluation_seeds(self) -> list[int]:
-        """The fresh seeds a ``prefix`` protocol's evaluation trains on: after the search's and the finalists'."""
+        """The fresh seeds the protocol's evaluation trains on (``protocol.seeds`` of them; none for
+        ``end_of_training`` unless asked): after the search's and the finalists'."""
         after = self.example_config().seed + (self.selection.seeds if self.selection.finalists else 0)
-        return [after + 1 + i for i in range(getattr(self.protocol, "seeds", 0))]
+        return [after + 1 + i for i in range(self.protocol.seeds)]
 
     def conditions(self) -> dict[str, tuple[str, Any]]:
         """Searched keys that exist only under a value of another searched key, ``{key: (that key, value)}``:

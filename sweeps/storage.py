@@ -43,7 +43,7 @@ from typing import Any, Optional
 
 from clcore.config import ExperimentConfig
 from clcore.metrics import Reference
-from sweeps.spec import SweepSpec
+from sweeps.spec import Prefix, SweepSpec
 
 SPEC_FILE = "sweep.yaml"
 TRIALS_FILE = "trials.jsonl"
@@ -153,8 +153,20 @@ class SweepState:
         best = self.best()
         if best is None:
             return None
-        seeds = self.spec.evaluation_seeds
-        return self.spec.evaluation_config(best.params, seeds[0]) if seeds else self.trial_config(best)
+        if isinstance(self.spec.protocol, Prefix):
+            return self.spec.evaluation_config(best.params, self.spec.evaluation_seeds[0])
+        return self.trial_config(best)
+
+    def cost(self) -> dict:
+        """What the sweep trained, every phase together (the reference, the search, finalists,
+        evaluation): ``task_trainings`` (tasks trained, summed over runs) and ``clcore_seconds`` (time
+        inside clcore.run, summed over runs: CPU or GPU time of the trials, not wall time)."""
+        phases = [self, self.finalists, self.evaluation]
+        if (self.path / REFERENCE_DIR / SPEC_FILE).exists():
+            phases.append(load_sweep(self.path / REFERENCE_DIR))
+        runs = [t for phase in phases if phase is not None for t in phase.trials]
+        return {"task_trainings": sum(t.tasks_seen for t in runs),
+                "clcore_seconds": sum(t.last.get("clcore_seconds") or 0.0 for t in runs)}
 
     def evaluation_row(self) -> Optional[dict]:
         """The protocol's evaluation of the chosen values: which trial, the seeds, and per metric of
@@ -230,7 +242,7 @@ class SweepState:
             "name": self.spec.name, "path": str(self.path), "objective": self.spec.objective.metric,
             "mode": self.spec.mode, "wall_seconds": self.wall_seconds, "counts": self.counts(),
             "finalists": self.finalist_rows(), "reference": self.reference,
-            "protocol": self.spec.protocol.name, "evaluation": self.evaluation_row(),
+            "protocol": self.spec.protocol.name, "evaluation": self.evaluation_row(), "cost": self.cost(),
             "storage_bytes": folder_bytes(self.path),
             "best_trial": None if best is None else {
                 "trial_id": best.trial_id, "value": best.last[self.spec.objective.metric], "params": best.params,

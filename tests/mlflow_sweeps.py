@@ -118,10 +118,19 @@ def sqlite_sweep_folder(tmp_path_factory) -> Path:
     return sqlite_sweep(folder)
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, and never handed out before in this process: the kernel may give a just-closed
+    port again, and two of a Ray node's components on one port make ``ray start`` exit."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:

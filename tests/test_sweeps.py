@@ -20,7 +20,7 @@ import torch
 import yaml
 
 import clcore
-from clcore.config import ExperimentConfig
+from clcore.config import ConfigError, ExperimentConfig
 from sweeps.cli import main
 from sweeps.spec import OBJECTIVE_ATTR, SweepSpec, load_spec
 
@@ -304,6 +304,38 @@ def test_the_prefix_protocol_tunes_on_the_first_tasks_alone_and_evaluates_on_the
                                  "tags.`clsweep.kind` = 'sweep'")
     assert parent.data.metrics["evaluation_test_average_accuracy"] == pytest.approx(
         row["metrics"]["test_average_accuracy"]["mean"])
+
+
+def test_compare_runs_each_protocol_and_tabulates_them_against_end_of_training(tmp_path, local_ray):
+    """`clsweep compare` on one file: every protocol is a sweep, each choice trains on the same fresh
+    seeds, and the table's compute is the tasks each sweep trained (search and evaluation)."""
+    from sweeps.compare import COMPARE_FILES, run_compare
+
+    file = tmp_path / "small.yaml"
+    file.write_text(yaml.safe_dump(sweep(tmp_path, "small", search={"train.lr": {"dist": "grid", "values": [0.003, 0.1]}},
+                                         algorithm={"name": "grid"}, scheduler="fifo")))
+    with pytest.raises(ConfigError, match="--protocols: unknown protocol 'prefix'"):
+        run_compare(file, ["end_of_training", "prefix"], 2)
+    assert not (tmp_path / "results").exists()  # rejected before anything ran
+
+    tokens = ["end_of_training", "prefix:2:rest"]
+    rows, folder = run_compare(file, tokens, 2, verbose=0)
+    assert [r["protocol"] for r in rows] == tokens and all(r["seeds"] == [1, 2] for r in rows)
+    # tasks trained: 2 search trials x (5 | 2) tasks + 2 evaluation runs x (5 | 3) tasks
+    assert [r["task_trainings"] for r in rows] == [20, 10]
+    assert [r["compute_ratio"] for r in rows] == [1.0, 0.5]
+    for row in rows:
+        runs = load_sweep(row["path"]).evaluation.trials
+        values = [r.last["test_average_accuracy"] for r in runs]
+        assert row["test_average_accuracy"] == pytest.approx(sum(values) / 2)
+        assert row["delta_average_accuracy"] == pytest.approx(row["test_average_accuracy"] - rows[0]["test_average_accuracy"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(COMPARE_FILES)
+    table = (folder / "compare.md").read_text().splitlines()
+    assert table[0].startswith("| protocol | test average accuracy |") and len(table) == 2 + len(tokens)
+    again, _ = run_compare(file, tokens, 2, verbose=0)  # finished sweeps are read back, not run again
+    assert again == rows
+    with pytest.raises(FileExistsError, match="sweep with other protocol"):  # not resumed as if unchanged
+        run_compare(file, tokens, 3, verbose=0)
 
 
 def test_optuna_searches_online_ewcs_decay_only_where_the_mode_is_online(tmp_path, local_ray):

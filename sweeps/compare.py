@@ -1,0 +1,159 @@
+"""One sweep file under several selection protocols, side by side: ``clsweep compare``.
+
+    clsweep compare search_spaces/quickstart.yaml --protocols end_of_training,prefix:2,prefix:2:rest --seeds 3
+
+Each protocol is a sweep of its own, ``<name>-<protocol>`` (``quickstart-end_of_training``,
+``quickstart-prefix2``, ``quickstart-prefix2rest``), in the file's storage. Each one's chosen values
+train again on the same ``--seeds`` fresh seeds: that is the protocol's evaluation, and
+``end_of_training`` gets one too, so every row compares like with like. A row holds:
+
+- test metrics, mean ± std over those seeds;
+- the difference in average accuracy from ``end_of_training``;
+- the compute spent (`SweepState.cost`, every phase), also as a ratio to ``end_of_training``.
+
+The table goes to ``<storage>/<name>-compare/``: ``compare.csv``, ``compare.md``, ``compare.json``
+and ``compare.png`` (accuracy against compute, with error bars). Every protocol's sweep file is
+validated before any trial starts. A protocol whose sweep already finished is read back, not run
+again; an unfinished one is resumed. So running the same command again continues a comparison.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+from clcore.config import ConfigError
+from sweeps.spec import SweepSpec, load_spec
+
+TOKEN = re.compile(r"^(end_of_training|prefix:(\d+)(:rest)?)$")
+TOKENS = "end_of_training, prefix:K (tune on the first K tasks, evaluate on all), prefix:K:rest"
+COMPARE_FILES = ("compare.csv", "compare.md", "compare.json", "compare.png")
+COLUMNS = ("average_accuracy", "forgetting", "min_accuracy_current_task")  # test, mean ± std
+
+
+def protocol_section(token: str, seeds: int) -> dict:
+    """The ``protocol:`` section a ``--protocols`` token stands for."""
+    match = TOKEN.match(token)
+    if match is None:
+        raise ConfigError("--protocols", f"unknown protocol {token!r}", TOKENS)
+    if match.group(2) is None:
+        return {"name": "end_of_training", "seeds": seeds}
+    return {"name": "prefix", "tasks": int(match.group(2)), "evaluate_on": "rest" if match.group(3) else "all",
+            "seeds": seeds}
+
+
+def plan(path: str | Path, tokens: list[str], seeds: int, overrides: Optional[list[str]] = None
+         ) -> list[tuple[str, SweepSpec]]:
+    """Every protocol's sweep, validated (all of them before anything runs)."""
+    if seeds < 1:
+        raise ConfigError("--seeds", f"got {seeds}", "an integer >= 1 (the fresh seeds each protocol's choice trains on)")
+    if len(set(tokens)) < len(tokens) or not tokens:
+        raise ConfigError("--protocols", f"got {','.join(tokens)!r}", f"distinct protocols among: {TOKENS}")
+    name = load_spec(path, overrides).name
+    out = []
+    for token in tokens:
+        section = protocol_section(token, seeds)
+        slug = token.replace(":", "")
+        try:
+            spec = load_spec(path, [*(overrides or []), f"name={name}-{slug}", f"protocol={json.dumps(section)}"])
+        except ConfigError as error:
+            raise ConfigError("--protocols", f"{token}: {error}") from None
+        out.append((token, spec))
+    return out
+
+
+def run_compare(path: str | Path, tokens: list[str], seeds: int = 3, overrides: Optional[list[str]] = None, *,
+                address: Optional[str] = None, num_cpus: Optional[int] = None, tracking_for=None,
+                verbose: int = 1) -> tuple[list[dict], Path]:
+    """Run (or continue, or read back) every protocol's sweep; return the rows and the folder they were
+    written to. ``tracking_for(spec)`` gives each sweep its `sweeps.runner.Tracking` (None: none)."""
+    from sweeps import runner
+    from sweeps.storage import SUMMARY_FILE, load_sweep
+
+    specs = plan(path, tokens, seeds, overrides)
+    states = {}
+    with runner.ray_session(address, num_cpus):
+        for token, spec in specs:
+            folder = spec.experiment_path
+            tracking = tracking_for(spec) if tracking_for else None
+            if (folder / "sweep.yaml").exists():
+                stored = SweepSpec.from_yaml(folder / "sweep.yaml")
+                changed = [k for k in ("base", "search", "objective", "protocol", "selection", "reference")
+                           if getattr(stored, k) != getattr(spec, k)]
+                if changed:
+                    raise FileExistsError(f"{folder} holds this protocol's sweep with other {', '.join(changed)}: "
+                                          f"remove it, or give the comparison another name (--set name=...)")
+            if (folder / SUMMARY_FILE).exists() and all(t.outcome.ended for t in load_sweep(folder).trials):
+                states[token] = load_sweep(folder)
+            elif (folder / "sweep.yaml").exists():
+                states[token] = runner.resume_sweep(folder, tracking=tracking)
+            else:
+                states[token] = runner.run_sweep(spec, tracking=tracking, verbose=verbose)
+    rows = table(states)
+    out = specs[0][1].experiment_path.parent / f"{load_spec(path, overrides).name}-compare"
+    write(rows, out)
+    return rows, out
+
+
+def table(states: dict) -> list[dict]:
+    """One row per protocol: its evaluation's test metrics, the difference to end_of_training, the cost."""
+    rows = []
+    for token, state in states.items():
+        evaluation = state.evaluation_row()
+        metrics = evaluation["metrics"] if evaluation else {}
+        best = state.best()
+        row = {"protocol": token, "sweep": state.spec.name, "path": str(state.path),
+               "chosen": dict(best.params) if best else None, "seeds": evaluation["seeds"] if evaluation else [],
+               **state.cost()}
+        for name in COLUMNS:
+            value = metrics.get(f"test_{name}")
+            row[f"test_{name}"] = value["mean"] if value else None
+            row[f"test_{name}_std"] = value["std"] if value else None
+        rows.append(row)
+    reference = next((r for r in rows if r["protocol"] == "end_of_training"), None)
+    for row in rows:
+        row["delta_average_accuracy"] = (row["test_average_accuracy"] - reference["test_average_accuracy"]
+                                         if reference and None not in (row["test_average_accuracy"],
+                                                                       reference["test_average_accuracy"]) else None)
+        row["compute_ratio"] = (row["task_trainings"] / reference["task_trainings"]
+                                if reference and reference["task_trainings"] else None)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def pm(row, name):
+        mean, std = row[f"test_{name}"], row[f"test_{name}_std"]
+        return "-" if mean is None else f"{mean:.4f} ± {std:.4f}"
+
+    def num(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    lines = ["| protocol | test average accuracy | test forgetting | lowest test accuracy right after learning | "
+             "Δ average accuracy to end_of_training | task trainings | × end_of_training | clcore seconds | chosen |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        chosen = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in (r["chosen"] or {}).items())
+        lines.append(f"| {r['protocol']} | {pm(r, 'average_accuracy')} | {pm(r, 'forgetting')} | "
+                     f"{pm(r, 'min_accuracy_current_task')} | {num(r['delta_average_accuracy'], '+.4f')} | "
+                     f"{r['task_trainings']} | {num(r['compute_ratio'], '.2f')} | {r['clcore_seconds']:.0f} | {chosen} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: list[dict], folder: Path) -> None:
+    from sweeps import plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "compare.json").write_text(json.dumps(rows, indent=2))
+    (folder / "compare.md").write_text(markdown(rows))
+    flat = [{k: v for k, v in r.items() if k != "chosen"} | {"chosen": json.dumps(r["chosen"])} for r in rows]
+    with (folder / "compare.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(flat[0]))
+        writer.writeheader()
+        writer.writerows(flat)
+    plots.protocols_against_compute(rows, folder / "compare.png")
+
+
+__all__ = ["run_compare", "plan", "table", "markdown", "protocol_section", "COMPARE_FILES"]
