@@ -15,6 +15,7 @@ trial's last reported value (the value after the last task).
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,8 @@ def best_run(sweep_name: str, metric: Optional[str] = None, tracking_uri: Option
 
 def best_config(sweep_name: str, metric: Optional[str] = None, tracking_uri: Optional[str] = None,
                 mode: Optional[str] = None) -> ExperimentConfig:
-    """The `ExperimentConfig` of the best finished trial of ``sweep_name``."""
+    """The `ExperimentConfig` of the best finished trial of ``sweep_name`` (with a prefix protocol, on the
+    stream its evaluation trains: see `_evaluated`)."""
     return best_run(sweep_name, metric, tracking_uri, mode).config
 
 
@@ -85,7 +87,7 @@ def top_runs(sweep_name: str, k: int = 5, metric: Optional[str] = None, tracking
         raise SweepNotFoundError(f"no sweep named {sweep_name!r} in the MLflow store {uri} (sweeps there: "
                                  f"{', '.join(names) or 'none'}); pass tracking_uri= or set MLFLOW_TRACKING_URI "
                                  f"to read another store")
-    metric, mode = _objective(client, experiment.experiment_id, metric, mode)
+    metric, mode, parent = _objective(client, experiment.experiment_id, metric, mode)
     order = "DESC" if mode == "max" else "ASC"
     runs = client.search_runs([experiment.experiment_id],
                               f"tags.`{T.KIND_TAG}` = 'trial' and tags.`{T.STATUS_TAG}` = '{T.FINISHED}'",
@@ -96,11 +98,20 @@ def top_runs(sweep_name: str, k: int = 5, metric: Optional[str] = None, tracking
         raise SweepNotFoundError(f"sweep {sweep_name!r} in {uri} has no finished trial with metric {metric!r} "
                                  f"(has the sweep run to the end? `clsweep status` tells; if its results are only in "
                                  f"Ray storage, `clsweep sync PATH` uploads them)")
-    return [BestRun(_config(client, r.info.run_id), dict(r.data.metrics), r.info.run_id,
+    return [BestRun(_evaluated(_config(client, r.info.run_id), parent), dict(r.data.metrics), r.info.run_id,
                     r.data.tags[T.TRIAL_ID_TAG], metric, mode) for r in runs]
 
 
-def _objective(client, experiment_id: str, metric: Optional[str], mode: Optional[str]) -> tuple[str, str]:
+def _evaluated(config: ExperimentConfig, parent_tags: dict) -> ExperimentConfig:
+    """A trial's config as its sweep's protocol evaluates it: a prefix protocol's trials trained the
+    prefix alone (``benchmark.task_range``), its chosen values train the evaluation stream."""
+    if parent_tags.get(T.PROTOCOL_TAG, "end_of_training") != "end_of_training":
+        config.benchmark.task_range = json.loads(parent_tags[T.EVALUATION_RANGE_TAG])
+        config.validate()
+    return config
+
+
+def _objective(client, experiment_id: str, metric: Optional[str], mode: Optional[str]) -> tuple[str, str, dict]:
     parents = client.search_runs([experiment_id], f"tags.`{T.KIND_TAG}` = 'sweep'", max_results=1,
                                  order_by=["attributes.start_time DESC"])
     tags = parents[0].data.tags if parents else {}
@@ -113,7 +124,7 @@ def _objective(client, experiment_id: str, metric: Optional[str], mode: Optional
             "min" if metric.endswith(LOWER_IS_BETTER) else "max")
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-    return metric, mode
+    return metric, mode, tags
 
 
 def _config(client, run_id: str) -> ExperimentConfig:

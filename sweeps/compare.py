@@ -8,7 +8,8 @@ train again on the same ``--seeds`` fresh seeds: that is the protocol's evaluati
 ``end_of_training`` gets one too, so every row compares like with like. A row holds:
 
 - test metrics, mean ± std over those seeds;
-- the difference in average accuracy from ``end_of_training``;
+- the difference in average accuracy from ``end_of_training``, where both average over the same tasks
+  (not for ``prefix:K:rest``, evaluated on tasks K.. alone);
 - the compute spent (`SweepState.cost`, every phase), also as a ratio to ``end_of_training``.
 
 The table goes to ``<storage>/<name>-compare/``: ``compare.csv``, ``compare.md``, ``compare.json``
@@ -105,7 +106,9 @@ def table(states: dict) -> list[dict]:
         evaluation = state.evaluation_row()
         metrics = evaluation["metrics"] if evaluation else {}
         best = state.best()
-        row = {"protocol": token, "sweep": state.spec.name, "path": str(state.path),
+        n_tasks = state.spec.example_config().benchmark.n_tasks
+        task_range = state.spec.protocol.evaluation_range(n_tasks) or [0, n_tasks]
+        row = {"protocol": token, "sweep": state.spec.name, "path": str(state.path), "evaluated_on": task_range,
                "chosen": dict(best.params) if best else None, "seeds": evaluation["seeds"] if evaluation else [],
                **state.cost()}
         for name in COLUMNS:
@@ -114,10 +117,11 @@ def table(states: dict) -> list[dict]:
             row[f"test_{name}_std"] = value["std"] if value else None
         rows.append(row)
     reference = next((r for r in rows if r["protocol"] == "end_of_training"), None)
-    for row in rows:
+    for row in rows:  # a difference only between averages over the same tasks
+        comparable = reference is not None and row["evaluated_on"] == reference["evaluated_on"] and None not in (
+            row["test_average_accuracy"], reference["test_average_accuracy"])
         row["delta_average_accuracy"] = (row["test_average_accuracy"] - reference["test_average_accuracy"]
-                                         if reference and None not in (row["test_average_accuracy"],
-                                                                       reference["test_average_accuracy"]) else None)
+                                         if comparable else None)
         row["compute_ratio"] = (row["task_trainings"] / reference["task_trainings"]
                                 if reference and reference["task_trainings"] else None)
     return rows
@@ -131,12 +135,13 @@ def markdown(rows: list[dict]) -> str:
     def num(value, spec):
         return "-" if value is None else format(value, spec)
 
-    lines = ["| protocol | test average accuracy | test forgetting | lowest test accuracy right after learning | "
+    lines = ["| protocol | evaluated on tasks | test average accuracy | test forgetting | lowest test accuracy right after learning | "
              "Δ average accuracy to end_of_training | task trainings | × end_of_training | clcore seconds | chosen |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         chosen = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in (r["chosen"] or {}).items())
-        lines.append(f"| {r['protocol']} | {pm(r, 'average_accuracy')} | {pm(r, 'forgetting')} | "
+        start, stop = r["evaluated_on"]
+        lines.append(f"| {r['protocol']} | {start}..{stop - 1} | {pm(r, 'average_accuracy')} | {pm(r, 'forgetting')} | "
                      f"{pm(r, 'min_accuracy_current_task')} | {num(r['delta_average_accuracy'], '+.4f')} | "
                      f"{r['task_trainings']} | {num(r['compute_ratio'], '.2f')} | {r['clcore_seconds']:.0f} | {chosen} |")
     return "\n".join(lines) + "\n"

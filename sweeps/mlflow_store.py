@@ -45,6 +45,10 @@ TASKS_SEEN_TAG = "clsweep.tasks_seen"
 BEST_TRIAL_TAG = "clsweep.best_trial_id"
 BEST_RUN_TAG = "clsweep.best_run_id"
 METRIC_TAG, MODE_TAG = "clsweep.metric", "clsweep.mode"
+# The selection protocol, and the task range its chosen values are evaluated on (JSON: null = every
+# task): a prefix protocol's trials trained the prefix alone, and `sweeps.best` returns their configs
+# with this range, as best_config.yaml has it.
+PROTOCOL_TAG, EVALUATION_RANGE_TAG = "clsweep.protocol", "clsweep.evaluation_task_range"
 NODE_ID_TAG, NODE_IP_TAG, NODE_IDS_TAG = "clsweep.node_id", "clsweep.node_ip", "clsweep.node_ids"
 
 # clsweep.status words (`sweeps.storage.Outcome.tag`), and clsweep.status -> MLflow run status.

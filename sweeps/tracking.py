@@ -8,7 +8,8 @@ What a sweep leaves in MLflow::
       run "<sweep name> <date>"   tags  clsweep.kind=sweep, clsweep.sweep_id, clsweep.sweep_file (+ _sha256),
         |                               mlflow.source.git.commit, clsweep.ray_address, clsweep.scheduler,
         |                               clsweep.search_alg, clsweep.metric, clsweep.mode, clsweep.storage_path,
-        |                               clsweep.best_trial_id, clsweep.best_run_id, best.<config field>
+        |                               clsweep.best_trial_id, clsweep.best_run_id, best.<config field>,
+        |                               clsweep.protocol, clsweep.evaluation_task_range
         |                         params    the sweep's settings (objective, algorithm, search.<field>, ...)
         |                         metrics   the best trial's last-task metrics (step = trials ended);
         |                                   with a prefix protocol evaluation_<metric>[_std] over its seeds
@@ -79,7 +80,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sweeps.spec import SweepSpec
 
 from sweeps.mlflow_store import (BEST_RUN_TAG, BEST_TRIAL_TAG, CONFIG_ARTIFACT, FAILURE_TAG, FINISHED, KIND_TAG,
-                                 METRIC_TAG, MODE_TAG, REJECTED, REJECTED_TAG, RUNNING, STATE_FILE, STATUS_TAG,
+                                 EVALUATION_RANGE_TAG, METRIC_TAG, MODE_TAG, PROTOCOL_TAG, REJECTED, REJECTED_TAG, RUNNING, STATE_FILE, STATUS_TAG,
                                  STEP_METRIC, SWEEP_ID_TAG, Store, TASKS_SEEN_TAG, TRIAL_ID_TAG, _matrix_files,
                                  _param_value, check_reachable, experiment_url, final_metrics, log, node_tags,
                                  resolve_tracking_uri, trial_metrics, trial_run_name)
@@ -186,7 +187,9 @@ class SweepTracker:
         self.store = Store(self.identity.tracking_uri, self.spec.name)
         spec, store = self.spec, self.store
         tags = {KIND_TAG: "sweep", SWEEP_ID_TAG: self.identity.sweep_id, METRIC_TAG: spec.selected_on,
-                MODE_TAG: spec.mode, "clsweep.storage_path": str(self.folder), **self.identity.tags}
+                MODE_TAG: spec.mode, "clsweep.storage_path": str(self.folder), PROTOCOL_TAG: spec.protocol.name,
+                EVALUATION_RANGE_TAG: json.dumps(spec.protocol.evaluation_range(spec.example_config().benchmark.n_tasks)),
+                **self.identity.tags}
         address = ray_address()
         if address:
             tags["clsweep.ray_address"] = address

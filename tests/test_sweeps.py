@@ -304,6 +304,10 @@ def test_the_prefix_protocol_tunes_on_the_first_tasks_alone_and_evaluates_on_the
                                  "tags.`clsweep.kind` = 'sweep'")
     assert parent.data.metrics["evaluation_test_average_accuracy"] == pytest.approx(
         row["metrics"]["test_average_accuracy"]["mean"])
+    from sweeps.best import best_config  # from MLflow: the chosen values on the stream they are evaluated on
+
+    from_mlflow = best_config("prefix", tracking_uri=uri)
+    assert from_mlflow.benchmark.task_range == [2, 5] and from_mlflow.train.lr == best.params["train.lr"]
 
 
 def test_compare_runs_each_protocol_and_tabulates_them_against_end_of_training(tmp_path, local_ray):
@@ -328,10 +332,13 @@ def test_compare_runs_each_protocol_and_tabulates_them_against_end_of_training(t
         runs = load_sweep(row["path"]).evaluation.trials
         values = [r.last["test_average_accuracy"] for r in runs]
         assert row["test_average_accuracy"] == pytest.approx(sum(values) / 2)
-        assert row["delta_average_accuracy"] == pytest.approx(row["test_average_accuracy"] - rows[0]["test_average_accuracy"])
+    assert [r["evaluated_on"] for r in rows] == [[0, 5], [2, 5]]
+    assert rows[0]["delta_average_accuracy"] == 0.0  # the rest's average is over other tasks: no difference
+    assert rows[1]["delta_average_accuracy"] is None
     assert sorted(p.name for p in folder.iterdir()) == sorted(COMPARE_FILES)
     table = (folder / "compare.md").read_text().splitlines()
-    assert table[0].startswith("| protocol | test average accuracy |") and len(table) == 2 + len(tokens)
+    assert table[0].startswith("| protocol | evaluated on tasks | test average accuracy |") and len(table) == 2 + len(tokens)
+    assert table[3].startswith("| prefix:2:rest | 2..4 | ")
     again, _ = run_compare(file, tokens, 2, verbose=0)  # finished sweeps are read back, not run again
     assert again == rows
     with pytest.raises(FileExistsError, match="sweep with other protocol"):  # not resumed as if unchanged
