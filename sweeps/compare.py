@@ -13,7 +13,8 @@ train again on the same ``--seeds`` fresh seeds: that is the protocol's evaluati
 - the compute spent (`SweepState.cost`, every phase), also as a ratio to ``end_of_training``.
 
 The table goes to ``<storage>/<name>-compare/``: ``compare.csv``, ``compare.md``, ``compare.json``
-and ``compare.png`` (accuracy against compute, with error bars). Every protocol's sweep file is
+and ``compare.png`` (accuracy against compute, with error bars). Each tracked protocol's sweep also
+gets them in MLflow, as ``compare/`` artifacts of its parent run. Every protocol's sweep file is
 validated before any trial starts. A protocol whose sweep already finished is read back, not run
 again; an unfinished one is resumed. So running the same command again continues a comparison.
 """
@@ -73,6 +74,7 @@ def run_compare(path: str | Path, tokens: list[str], seeds: int = 3, overrides: 
     written to. ``tracking_for(spec)`` gives each sweep its `sweeps.runner.Tracking` (None: none)."""
     from sweeps import runner
     from sweeps.storage import SUMMARY_FILE, load_sweep
+    from sweeps.mlflow_store import STATE_FILE as TRACKING_FILE
 
     specs = plan(path, tokens, seeds, overrides)
     states = {}
@@ -96,6 +98,12 @@ def run_compare(path: str | Path, tokens: list[str], seeds: int = 3, overrides: 
     rows = table(states)
     out = specs[0][1].experiment_path.parent / f"{load_spec(path, overrides).name}-compare"
     write(rows, out)
+    files = {f"compare/{name}": out / name for name in COMPARE_FILES if (out / name).exists()}
+    for state in states.values():  # beside each tracked sweep's own results in MLflow
+        if (state.path / TRACKING_FILE).exists():
+            from sweeps.tracking import log_to_parent
+
+            log_to_parent(state.path, files)
     return rows, out
 
 

@@ -401,6 +401,31 @@ class SyncReport:
         return f"MLflow: {len(self.run_ids)} trial runs under parent run {self.parent_run_id}: {where}"
 
 
+def log_to_parent(folder: str | Path, files: dict[str, Path]) -> bool:
+    """Upload ``files`` (``{artifact path: local file}``) to the parent run of the sweep stored in
+    ``folder`` (``clsweep compare``'s table); False when the sweep was not tracked or its store does
+    not answer, so nothing is lost: the files stay where they are."""
+    import shutil
+
+    from sweeps.spec import SweepSpec
+    from sweeps.storage import SPEC_FILE
+
+    identity = SweepIdentity.load(folder)
+    if identity is None:
+        return False
+    try:
+        check_reachable(identity.tracking_uri)
+        store = Store(identity.tracking_uri, SweepSpec.from_yaml(Path(folder) / SPEC_FILE).name)
+        run = store.find_run({SWEEP_ID_TAG: identity.sweep_id, KIND_TAG: "sweep"})
+        if run is None:
+            return False
+        store.log_files(run.info.run_id, {path: functools.partial(shutil.copyfile, source)
+                                          for path, source in files.items()}, overwrite=True)
+    except Exception:  # noqa: BLE001 - an unreachable store: the table is on disk
+        return False
+    return True
+
+
 def sync(folder: str | Path, tracking_uri: Optional[str] = None) -> SyncReport:
     """Upload a sweep's results from its storage folder to MLflow, adding only what is missing.
 

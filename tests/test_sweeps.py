@@ -322,8 +322,13 @@ def test_compare_runs_each_protocol_and_tabulates_them_against_end_of_training(t
         run_compare(file, ["end_of_training", "prefix"], 2)
     assert not (tmp_path / "results").exists()  # rejected before anything ran
 
+    import mlflow
+
+    from sweeps.tracking import MLflowTracking
+
     tokens = ["end_of_training", "prefix:2:rest"]
-    rows, folder = run_compare(file, tokens, 2, verbose=0)
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    rows, folder = run_compare(file, tokens, 2, verbose=0, tracking_for=lambda spec: MLflowTracking(uri))
     assert [r["protocol"] for r in rows] == tokens and all(r["seeds"] == [1, 2] for r in rows)
     # tasks trained: 2 search trials x (5 | 2) tasks + 2 evaluation runs x (5 | 3) tasks
     assert [r["task_trainings"] for r in rows] == [20, 10]
@@ -339,6 +344,12 @@ def test_compare_runs_each_protocol_and_tabulates_them_against_end_of_training(t
     table = (folder / "compare.md").read_text().splitlines()
     assert table[0].startswith("| protocol | evaluated on tasks | test average accuracy |") and len(table) == 2 + len(tokens)
     assert table[3].startswith("| prefix:2:rest | 2..4 | ")
+    client = mlflow.MlflowClient(uri)
+    for row in rows:  # each protocol's parent run has the table beside its own results
+        parent, = client.search_runs([client.get_experiment_by_name(row["sweep"]).experiment_id],
+                                     "tags.`clsweep.kind` = 'sweep'")
+        assert {f.path for f in client.list_artifacts(parent.info.run_id, "compare")} == {
+            f"compare/{name}" for name in COMPARE_FILES}
     again, _ = run_compare(file, tokens, 2, verbose=0)  # finished sweeps are read back, not run again
     assert again == rows
     with pytest.raises(FileExistsError, match="sweep with other protocol"):  # not resumed as if unchanged
