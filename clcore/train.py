@@ -168,6 +168,7 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
     eval_bs = config.train.eval_batch_size
     cfg = config.train
     scenario = config.benchmark.scenario
+    val_star, test_star = (reference.val, reference.test) if reference is not None else (None, None)
 
     val_rows: list[list[float]] = []
     test_rows: list[list[float]] = []
@@ -230,8 +231,8 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
         task_loss, mean_penalty = (v.item() for v in (losses.mean(), penalties.mean()))
         importance = strategy.importance_norm()
         task_metrics = {
-            **{f"val_{k}": v for k, v in M.summary(val_rows, initial_val, reference and reference.val, scenario).items()},
-            **{f"test_{k}": v for k, v in M.summary(test_rows, initial_test, reference and reference.test, scenario).items()},
+            **{f"val_{k}": v for k, v in M.summary(val_rows, initial_val, val_star, scenario).items()},
+            **{f"test_{k}": v for k, v in M.summary(test_rows, initial_test, test_star, scenario).items()},
             "task_loss": task_loss,
             "penalty": mean_penalty,
             "penalty_to_loss_ratio": mean_penalty / task_loss if task_loss > 0 else 0.0,

@@ -93,7 +93,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     specs = plan(args.space, tokens, args.seeds, args.set)  # every protocol validated before Ray starts
     if args.dry_run:
         for token, spec in specs:
-            print(f"{token}: {spec.experiment_path} ({spec.protocol.describe(spec.example_config().benchmark.n_tasks)}, "
+            print(f"{token}: {spec.experiment_path} ({spec.protocol_description}, "
                   f"evaluation seeds {spec.evaluation_seeds})")
         return 0
     from sweeps.compare import markdown, run_compare
@@ -311,7 +311,7 @@ def _evaluation(state) -> list[str]:
         return []
     spec = state.spec
     m = row["metrics"]
-    lines = [f"  {spec.protocol.describe(spec.example_config().benchmark.n_tasks)}; seeds {row['seeds']}:"]
+    lines = [f"  {spec.protocol_description}; seeds {row['seeds']}:"]
     for name, label in (("average_accuracy", "average accuracy"), ("forgetting", "forgetting"),
                         ("min_accuracy_current_task", "lowest accuracy right after learning"),
                         ("accuracy_current_task", "accuracy on the last task just learned"),
@@ -319,7 +319,7 @@ def _evaluation(state) -> list[str]:
         if f"test_{name}" in m:
             lines.append(f"    test {label} {m[f'test_{name}']['mean']:.4f} ± {m[f'test_{name}']['std']:.4f}")
     lowest = m.get("test_min_accuracy_current_task", {}).get("mean")
-    evaluated = spec.evaluation_config(state.best().params, row["seeds"][0]).benchmark
+    evaluated = state.chosen_config().benchmark
     chance = max(evaluated.chance_on_task(k) for k in range(evaluated.tasks_run))
     if lowest is not None and lowest < chance + NEAR_CHANCE:
         lines.append(f"warning: on the evaluation stream the chosen values learned some task only to {lowest:.4f} "

@@ -58,13 +58,18 @@ def plan(path: str | Path, tokens: list[str], seeds: int, overrides: Optional[li
     out = []
     for token in tokens:
         section = protocol_section(token, seeds)
-        slug = token.replace(":", "")
         try:
-            spec = load_spec(path, [*(overrides or []), f"name={name}-{slug}", f"protocol={json.dumps(section)}"])
+            spec = load_spec(path, [*(overrides or []), f"name={name}-{_slug(token)}",
+                                    f"protocol={json.dumps(section)}"])
         except ConfigError as error:
             raise ConfigError("--protocols", f"{token}: {error}") from None
         out.append((token, spec))
     return out
+
+
+def _slug(token: str) -> str:
+    """The protocol's part of its sweep's name: ``prefix:2:rest`` -> ``prefix2rest``."""
+    return token.replace(":", "")
 
 
 def run_compare(path: str | Path, tokens: list[str], seeds: int = 3, overrides: Optional[list[str]] = None, *,
@@ -73,34 +78,36 @@ def run_compare(path: str | Path, tokens: list[str], seeds: int = 3, overrides: 
     """Run (or continue, or read back) every protocol's sweep; return the rows and the folder they were
     written to. ``tracking_for(spec)`` gives each sweep its `sweeps.runner.Tracking` (None: none)."""
     from sweeps import runner
-    from sweeps.storage import SUMMARY_FILE, load_sweep
     from sweeps.mlflow_store import STATE_FILE as TRACKING_FILE
+    from sweeps.storage import SPEC_FILE, SUMMARY_FILE, load_sweep
 
     specs = plan(path, tokens, seeds, overrides)
+    for token, spec in specs:  # a stored sweep must be this one: checked before anything runs
+        stored = spec.experiment_path / SPEC_FILE
+        changed = [k for k in ("base", "search", "objective", "protocol", "selection", "reference")
+                   if stored.exists() and getattr(SweepSpec.from_yaml(stored), k) != getattr(spec, k)]
+        if changed:
+            raise FileExistsError(f"{stored.parent} holds this protocol's sweep with other {', '.join(changed)}: "
+                                  f"remove it, or give the comparison another name (--set name=...)")
     states = {}
     with runner.ray_session(address, num_cpus):
         for token, spec in specs:
             folder = spec.experiment_path
             tracking = tracking_for(spec) if tracking_for else None
-            if (folder / "sweep.yaml").exists():
-                stored = SweepSpec.from_yaml(folder / "sweep.yaml")
-                changed = [k for k in ("base", "search", "objective", "protocol", "selection", "reference")
-                           if getattr(stored, k) != getattr(spec, k)]
-                if changed:
-                    raise FileExistsError(f"{folder} holds this protocol's sweep with other {', '.join(changed)}: "
-                                          f"remove it, or give the comparison another name (--set name=...)")
-            if (folder / SUMMARY_FILE).exists() and all(t.outcome.ended for t in load_sweep(folder).trials):
-                states[token] = load_sweep(folder)
-            elif (folder / "sweep.yaml").exists():
+            state = load_sweep(folder) if (folder / SUMMARY_FILE).exists() else None
+            if state is not None and all(t.outcome.ended for t in state.trials):
+                states[token] = state
+            elif (folder / SPEC_FILE).exists():
                 states[token] = runner.resume_sweep(folder, tracking=tracking)
             else:
                 states[token] = runner.run_sweep(spec, tracking=tracking, verbose=verbose)
     rows = table(states)
-    out = specs[0][1].experiment_path.parent / f"{load_spec(path, overrides).name}-compare"
+    first_token, first = specs[0]
+    out = first.experiment_path.parent / f"{first.name.removesuffix('-' + _slug(first_token))}-compare"
     write(rows, out)
     files = {f"compare/{name}": out / name for name in COMPARE_FILES if (out / name).exists()}
-    for state in states.values():  # beside each tracked sweep's own results in MLflow
-        if (state.path / TRACKING_FILE).exists():
+    for state in states.values():  # beside each tracked sweep's own results in MLflow (the check
+        if (state.path / TRACKING_FILE).exists():  # spares an untracked comparison MLflow's import)
             from sweeps.tracking import log_to_parent
 
             log_to_parent(state.path, files)
@@ -114,8 +121,7 @@ def table(states: dict) -> list[dict]:
         evaluation = state.evaluation_row()
         metrics = evaluation["metrics"] if evaluation else {}
         best = state.best()
-        n_tasks = state.spec.example_config().benchmark.n_tasks
-        task_range = state.spec.protocol.evaluation_range(n_tasks) or [0, n_tasks]
+        task_range = state.spec.evaluation_range or [0, state.spec.example_config().benchmark.n_tasks]
         row = {"protocol": token, "sweep": state.spec.name, "path": str(state.path), "evaluated_on": task_range,
                "chosen": dict(best.params) if best else None, "seeds": evaluation["seeds"] if evaluation else [],
                **state.cost()}

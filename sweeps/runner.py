@@ -260,9 +260,12 @@ def _stored_at(spec: SweepSpec, experiment_path: Path) -> SweepSpec:
     return spec.model_copy(update={"storage": spec.storage.model_copy(update={"path": str(experiment_path.parent)})})
 
 
-def _trainable(spec: SweepSpec, raw, trial_logger: Optional[TrialLoggerFactory], reference: Optional[dict]):
-    trainable = tune.with_parameters(run_trial, spec=spec, raw=raw, trial_logger=trial_logger,
-                                     reference=as_reference(reference))
+def _trainable(spec: SweepSpec, raw, trial_logger: Optional[TrialLoggerFactory], reference: Optional[dict],
+               function=run_trial, **bound):
+    """``function`` (`run_trial`, or `_run_again` with its ``key`` and ``values``) with the spec, the data,
+    the logger and the reference bound, and the spec's resources per trial."""
+    trainable = tune.with_parameters(function, spec=spec, raw=raw, trial_logger=trial_logger,
+                                     reference=as_reference(reference), **bound)
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
@@ -338,10 +341,8 @@ def _run_finalists(spec: SweepSpec, state: SweepState, raw, verbose: int, refere
                                               "selection": Selection()}), folder)
     if verbose:
         print(f"clsweep: {len(finalists)} finalists, each on seeds {seeds}", flush=True)
-    trainable = tune.with_parameters(_run_again, spec=runs, raw=raw, key=FINALIST_OF,
-                                     values={t.trial_id: t.params for t in finalists},
-                                     reference=as_reference(reference))
-    _side_sweep(runs, tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+    _side_sweep(runs, _trainable(runs, raw, None, reference, _run_again, key=FINALIST_OF,
+                                 values={t.trial_id: t.params for t in finalists}),
                 {FINALIST_OF: tune.grid_search([t.trial_id for t in finalists]), "seed": tune.grid_search(seeds)},
                 verbose)
 
@@ -382,25 +383,23 @@ def _evaluate(spec: SweepSpec, state: SweepState, raw, verbose: int, reference: 
     if best is None:
         return
     base = copy.deepcopy(spec.base)
-    base.setdefault("benchmark", {})["task_range"] = spec.protocol.evaluation_range(
-        state.trial_config(best).benchmark.n_tasks)
+    base.setdefault("benchmark", {})["task_range"] = spec.evaluation_range
     runs = _stored_at(spec.model_copy(update={
         "name": EVALUATION_DIR, "base": base, "protocol": EndOfTraining(name="end_of_training"),
         "scheduler": Fifo(name="fifo"), "selection": Selection()}), folder)
     if verbose:
-        print(f"clsweep: {spec.protocol.describe(spec.example_config().benchmark.n_tasks)}; trial {best.trial_id} "
-              f"on seeds {seeds}", flush=True)
-    trainable = tune.with_parameters(_run_again, spec=runs, raw=raw, key=EVALUATION_OF,
-                                     values={best.trial_id: best.params}, reference=as_reference(reference))
-    _side_sweep(runs, tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+        print(f"clsweep: {spec.protocol_description}; trial {best.trial_id} on seeds {seeds}", flush=True)
+    _side_sweep(runs, _trainable(runs, raw, None, reference, _run_again, key=EVALUATION_OF,
+                                 values={best.trial_id: best.params}),
                 {EVALUATION_OF: tune.grid_search([best.trial_id]), "seed": tune.grid_search(seeds)}, verbose)
 
 
-def _run_again(config: dict, *, spec: SweepSpec, raw, key: str, values: dict[str, dict], reference) -> None:
+def _run_again(config: dict, *, spec: SweepSpec, raw, key: str, values: dict[str, dict], trial_logger,
+               reference) -> None:
     """A search trial's values again on a fresh seed (a finalist, an evaluation run): ``config`` is
     ``{key: <search trial id>, seed: <seed>}``."""
     run_trial({**values[config[key]], key: config[key], "seed": config["seed"]}, spec=spec, raw=raw,
-              reference=reference)
+              trial_logger=trial_logger, reference=reference)
 
 
 def _reporter(spec: SweepSpec):

@@ -62,8 +62,8 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
-from clcore.config import (BenchmarkConfig, ConfigError, ExperimentConfig, StrategyConfig, YamlFileError, config_paths, mutable_paths,
-                           parse_override, read_yaml_file, set_path)
+from clcore.config import (BenchmarkConfig, ConfigError, ExperimentConfig, StrategyConfig, YamlFileError, config_paths,
+                           mutable_paths, parse_override, read_yaml_file, set_path)
 from clcore.params import RuleError, coerce
 from clcore.metrics import UNMEASURABLE, WITH_REFERENCE
 
@@ -547,9 +547,19 @@ class SweepSpec(_Section):
     def evaluation_config(self, params: dict[str, Any], seed: int) -> ExperimentConfig:
         """The config the protocol evaluates a trial's values with: the evaluation stream, on ``seed``."""
         config = self.trial_config({**params, "seed": seed})
-        config.benchmark.task_range = self.protocol.evaluation_range(config.benchmark.n_tasks)
+        config.benchmark.task_range = self.evaluation_range
         config.validate()
         return config
+
+    @property
+    def evaluation_range(self) -> Optional[list[int]]:
+        """``benchmark.task_range`` of the runs that evaluate the chosen values (None: the whole stream)."""
+        return self.protocol.evaluation_range(self.example_config().benchmark.n_tasks)
+
+    @property
+    def protocol_description(self) -> str:
+        """The protocol in words: the tasks it tunes on and evaluates on."""
+        return self.protocol.describe(self.example_config().benchmark.n_tasks)
 
     @property
     def evaluation_seeds(self) -> list[int]:
@@ -910,7 +920,7 @@ class _Rules:
                 raise self.error(f"search.{penalty}", "has no effect on the first task (a strategy's penalty acts "
                                                       "from the second task on), so a search on task 0 alone "
                                                       "cannot choose it", "protocol.tasks >= 2")
-        if (self.spec.base.get("benchmark") or {}).get("task_range") is not None:
+        if (spec.base.get("benchmark") or {}).get("task_range") is not None:
             raise self.error("base.benchmark.task_range", "is set, but the protocol decides which tasks trials see",
                              "null (or protocol: end_of_training)")
         if p.evaluate_on == "rest" and spec.reference.strategy is not None:

@@ -80,7 +80,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from sweeps.spec import SweepSpec
 
 from sweeps.mlflow_store import (BEST_RUN_TAG, BEST_TRIAL_TAG, CONFIG_ARTIFACT, FAILURE_TAG, FINISHED, KIND_TAG,
-                                 EVALUATION_RANGE_TAG, METRIC_TAG, MODE_TAG, PROTOCOL_TAG, REJECTED, REJECTED_TAG, RUNNING, STATE_FILE, STATUS_TAG,
+                                 EVALUATION_RANGE_TAG, METRIC_TAG, MODE_TAG, PROTOCOL_TAG, REJECTED, REJECTED_TAG,
+                                 RUNNING, STATE_FILE, STATUS_TAG,
                                  STEP_METRIC, SWEEP_ID_TAG, Store, TASKS_SEEN_TAG, TRIAL_ID_TAG, _matrix_files,
                                  _param_value, check_reachable, experiment_url, final_metrics, log, node_tags,
                                  resolve_tracking_uri, trial_metrics, trial_run_name)
@@ -188,7 +189,7 @@ class SweepTracker:
         spec, store = self.spec, self.store
         tags = {KIND_TAG: "sweep", SWEEP_ID_TAG: self.identity.sweep_id, METRIC_TAG: spec.selected_on,
                 MODE_TAG: spec.mode, "clsweep.storage_path": str(self.folder), PROTOCOL_TAG: spec.protocol.name,
-                EVALUATION_RANGE_TAG: json.dumps(spec.protocol.evaluation_range(spec.example_config().benchmark.n_tasks)),
+                EVALUATION_RANGE_TAG: json.dumps(spec.evaluation_range),
                 **self.identity.tags}
         address = ray_address()
         if address:
