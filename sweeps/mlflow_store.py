@@ -57,8 +57,11 @@ FINISHED, REJECTED, STOPPED_EARLY, FAILED, RUNNING = (o.tag for o in (
 # A scheduler stop and a rejection are normal ends (FINISHED, as in Ray's own MLflow callback); the
 # run's name tells them apart from a trial that saw every task and kept the objective's requirements
 # (see `trial_run_name`), and clsweep.status says it too.
+# ``orphaned``: a trial run whose trial the sweep's storage does not hold (a driver died after the
+# run was opened and the trial was lost; `SweepTracker.upload` closes it, the reason in clsweep.failure_reason).
+ORPHANED = "orphaned"
 MLFLOW_STATUS = {FINISHED: "FINISHED", REJECTED: "FINISHED", STOPPED_EARLY: "FINISHED", FAILED: "FAILED",
-                 RUNNING: "RUNNING"}
+                 RUNNING: "RUNNING", ORPHANED: "KILLED"}
 
 STEP_METRIC = "tasks_seen"
 FINAL_METRICS = ("average_accuracy", "forgetting", "bwt", "fwt", "intransigence")

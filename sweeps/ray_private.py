@@ -1,4 +1,4 @@
-"""The two places where the sweep service reaches into Ray Tune's private API, and nowhere else.
+"""The places where the sweep service reaches into Ray Tune's private API, and nowhere else.
 
 Each is one function written against Ray ``WRITTEN_FOR``; `tests/test_ray_private.py` checks that the
 installed Ray still has what they use and fails naming this module when an upgrade moves it.
@@ -8,11 +8,30 @@ installed Ray still has what they use and fails naming this module when an upgra
   callbacks; so they are added to the Tuner's run config after it was written.
 - `BestOfCompleteReporter`: Ray's trial table names a "current best trial" from any trial's last
   result; a trial stopped early after one easy task would win, so only trials that saw every task count.
+- `snapshot_checkpoints`: which trials Ray's experiment snapshot lists and which checkpoint folders
+  it would restore them from, read from the snapshot's JSON (the checkpoint manager is a pickle in
+  it, searched as bytes, never unpickled), so that a resume can put back a folder Ray deleted after
+  its last snapshot (it keeps ``num_to_keep`` checkpoints, and forces a snapshot only after that many).
+- The schedulers (`Asha`, `HyperBand`, `Median`, `Pbt`, `Fifo`): Ray's, with `Recorded` mixed in, which
+  (1) keeps the Tune controller that hands it trials, so that `snapshot_before_training` can make Ray
+  write its experiment snapshot (trials, searcher state) before a trial trains: every trial that
+  reports is then in the snapshot a resume restores, with its searcher suggestion; and (2) refills,
+  from each trial's own record (``tasks.jsonl``), the state a resumed scheduler lost (Ray keeps no
+  scheduler state in its snapshot): ASHA's rung values, the median rule's results. HyperBand's
+  synchronous brackets are not refilled.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
 from ray import tune
+from ray.tune import schedulers as S
+
+from sweeps.storage import task_history
 
 WRITTEN_FOR = "2.60"
 
@@ -36,4 +55,89 @@ class BestOfCompleteReporter(tune.CLIReporter):
             [t for t in trials if (t.last_result or {}).get(self.time_attr) == self.n_tasks])
 
 
-__all__ = ["WRITTEN_FOR", "attach_callbacks", "BestOfCompleteReporter"]
+class Recorded:
+    """Scheduler mixin (see the module docstring)."""
+
+    _controller = None
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        # Ray hands schedulers a TrialRunnerWrapper around the controller (private: _tune_controller)
+        self._controller = getattr(tune_controller, "_tune_controller", tune_controller)
+        super().on_trial_add(tune_controller, trial)
+        restored = getattr(trial.storage, "trial_dir_name", None)  # a new trial has no folder yet
+        rows = task_history(Path(trial.path)) if restored else []
+        if rows:
+            self.refill(trial, rows)
+
+    def refill(self, trial, rows: list[dict]) -> None:
+        """Put back what this scheduler knew of a restored trial's reported tasks."""
+
+    def snapshot(self) -> None:
+        """Ray's experiment snapshot now, written to storage before returning (private: controller.checkpoint)."""
+        if self._controller is not None:
+            self._controller.checkpoint(force=True, wait=True)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)  # the controller stays out of tuner.pkl
+        state.pop("_controller", None)
+        return state
+
+
+class Asha(Recorded, S.ASHAScheduler):
+    def refill(self, trial, rows: list[dict]) -> None:
+        # private: _trial_info (trial id -> its bracket), _Bracket._rungs [(milestone, {trial id: signed value})]
+        at = {row.get(self._time_attr): row.get(self._metric) for row in rows}
+        for milestone, recorded in self._trial_info[trial.trial_id]._rungs:
+            if at.get(milestone) is not None:
+                recorded[trial.trial_id] = self._metric_op * at[milestone]
+
+
+class Median(Recorded, S.MedianStoppingRule):
+    def refill(self, trial, rows: list[dict]) -> None:
+        self._results[trial] = list(rows)  # private: _results, trial -> its results in order
+
+
+class HyperBand(Recorded, S.HyperBandScheduler):
+    pass
+
+
+class Pbt(Recorded, S.PopulationBasedTraining):
+    pass
+
+
+class Fifo(Recorded, S.FIFOScheduler):
+    pass
+
+
+def snapshot_checkpoints(experiment_dir: Path) -> Optional[dict[str, set[str]]]:
+    """``{trial id: checkpoint folder names}`` from Ray's newest experiment snapshot in ``experiment_dir``
+    (private: ``experiment_state-<time>.json``'s ``trial_data``, each trial's JSON state and its run
+    metadata with the checkpoint manager as a hex pickle); None when there is no snapshot."""
+    files = sorted(Path(experiment_dir).glob("experiment_state-*.json"))  # Ray restores the newest
+    if not files:
+        return None
+    trials = {}
+    for state, metadata in json.loads(files[-1].read_text())["trial_data"]:
+        manager = json.loads(metadata).get("checkpoint_manager") or {}
+        pickled = bytes.fromhex(manager.get("value", "")) if isinstance(manager, dict) else b""
+        trials[json.loads(state)["trial_id"]] = {name.decode() for name in re.findall(rb"checkpoint_\d{6}", pickled)}
+    return trials
+
+
+def snapshot_before_training(tuner: tune.Tuner) -> tune.Callback:
+    """A driver callback that has Ray write its experiment snapshot when a trial starts, before its
+    training is called (Ray calls ``on_trial_start`` right before it; a reused actor too), through
+    ``tuner``'s `Recorded` scheduler (private: ``_local_tuner._tune_config``: a restored Tuner's
+    scheduler is the one unpickled from ``tuner.pkl``)."""
+    snapshot = getattr(tuner._local_tuner._tune_config.scheduler, "snapshot", None)  # a sweep from before Recorded: none
+
+    class SnapshotBeforeTraining(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            if snapshot is not None:
+                snapshot()
+
+    return SnapshotBeforeTraining()
+
+
+__all__ = ["WRITTEN_FOR", "attach_callbacks", "BestOfCompleteReporter", "Recorded", "Asha", "Median", "HyperBand", "Pbt",
+           "Fifo", "snapshot_before_training", "snapshot_checkpoints"]

@@ -38,14 +38,14 @@ from pathlib import Path
 from typing import Optional
 
 from ray import tune
-from ray.tune import schedulers as S
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from clcore.data import load_raw
 from sweeps import environment, localray, space
-from sweeps.ray_private import BestOfCompleteReporter, attach_callbacks
+from sweeps import ray_private
+from sweeps.ray_private import BestOfCompleteReporter, attach_callbacks, snapshot_before_training
 from sweeps.spec import (OBJECTIVE_ATTR, Algorithm, EndOfTraining, Fifo, Objective, ReferenceSpec, Selection,
                          SweepSpec, Values)
 from sweeps.storage import (BEST_CONFIG_FILE, CHECKPOINT_DIRS, ERROR, EVALUATION_DIR, EVALUATION_OF, FAILURE_FILE,
@@ -183,6 +183,8 @@ def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: O
                 (Path(trial.path) / FAILURE_FILE).unlink(missing_ok=True)
                 for checkpoint in Path(trial.path).glob(CHECKPOINT_DIRS) if errored == "restart" else ():
                     shutil.rmtree(checkpoint)
+    if searching:
+        _agree_with_snapshot(state, errored)
     tracking = tracking or Tracking()
     raw = load_raw(spec.example_config().benchmark)
     with ray_session(address, num_cpus):
@@ -194,6 +196,38 @@ def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: O
                                    resume_unfinished=True, resume_errored=errored == "resume",
                                    restart_errored=errored == "restart")
         return _fit(tuner, spec, path, tracking, raw, 1, reference)
+
+
+def _agree_with_snapshot(state: SweepState, errored: str) -> None:
+    """Before Ray restores ``state``'s sweep from its newest experiment snapshot: put back each checkpoint
+    folder the snapshot would restore a trial from that Ray deleted since (a copy of the trial's
+    newest: the trial continues from its newest anyway, see `sweeps.trainable`), and end in the
+    ledger, with the reason, a trial that reported but that the snapshot does not list (Ray would
+    never run it again; since the snapshot is written before each trial trains, only a sweep
+    started by an earlier clsweep has one)."""
+    listed = ray_private.snapshot_checkpoints(state.path)
+    if listed is None:
+        return  # Ray's restore says what is missing
+    ledger = TrialLedger(state.path)
+    for trial in state.trials:
+        folder = Path(trial.path)
+        if trial.trial_id not in listed:
+            if not trial.outcome.ended:
+                reason = (f"lost: trial {trial.trial_id} reported {trial.tasks_seen} tasks, but Ray's experiment "
+                          f"snapshot does not list it (a sweep started before clsweep wrote one as each trial starts)")
+                ledger.trial_ended(trial.trial_id, ERROR, trial.params, 0, reason)
+                print(f"clsweep: {reason}", flush=True)
+            continue
+        if trial.status == ERROR and errored == "restart":
+            continue  # Ray starts it from scratch
+        present = sorted(folder.glob(CHECKPOINT_DIRS))
+        for name in sorted(listed[trial.trial_id] - {p.name for p in present}):
+            if present:
+                shutil.copytree(present[-1], folder / name)
+            else:
+                (folder / name).mkdir(parents=True)  # an ended trial: it reports its record again, reads no checkpoint
+            print(f"clsweep: trial {trial.trial_id}: Ray's snapshot restores it from {name}, deleted since; "
+                  f"put back as a copy of {present[-1].name if present else 'nothing (it has ended)'}", flush=True)
 
 
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> Optional[Path]:
@@ -275,7 +309,8 @@ def _trial_dirname(trial) -> str:
 
 def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking, raw, verbose: int,
          reference: Optional[dict]) -> SweepState:
-    attach_callbacks(tuner, [_TrialLedgerCallback(path), *tracking.callbacks()])
+    # the snapshot first: a trial in the ledger is in Ray's snapshot, with its searcher suggestion
+    attach_callbacks(tuner, [snapshot_before_training(tuner), _TrialLedgerCallback(path), *tracking.callbacks()])
     started = time.perf_counter()
     tuner.fit()
     state = load_sweep(path)
@@ -467,23 +502,25 @@ def search_algorithm(spec: SweepSpec):
 
 
 def scheduler(spec: SweepSpec):
-    """The spec's trial scheduler; its time is tasks seen, and a trial ends after ``n_tasks``."""
+    """The spec's trial scheduler, Ray's with `ray_private.Recorded` (a snapshot before each trial trains,
+    its state refilled from the trials' records on resume); its time is tasks seen, and a trial ends
+    after ``n_tasks``."""
     s, n_tasks = spec.scheduler, spec.n_tasks
     if s.name == "asha":
-        return S.ASHAScheduler(time_attr=TIME_ATTR, max_t=n_tasks, grace_period=s.grace_period,
-                               reduction_factor=s.reduction_factor, brackets=s.brackets)
+        return ray_private.Asha(time_attr=TIME_ATTR, max_t=n_tasks, grace_period=s.grace_period,
+                                reduction_factor=s.reduction_factor, brackets=s.brackets)
     if s.name == "hyperband":
-        return S.HyperBandScheduler(time_attr=TIME_ATTR, max_t=n_tasks, reduction_factor=s.reduction_factor)
+        return ray_private.HyperBand(time_attr=TIME_ATTR, max_t=n_tasks, reduction_factor=s.reduction_factor)
     if s.name == "median":
-        return S.MedianStoppingRule(time_attr=TIME_ATTR, grace_period=s.grace_period,
-                                    min_samples_required=s.min_samples_required)
+        return ray_private.Median(time_attr=TIME_ATTR, grace_period=s.grace_period,
+                                  min_samples_required=s.min_samples_required)
     if s.name == "pbt":
-        return S.PopulationBasedTraining(
+        return ray_private.Pbt(
             time_attr=TIME_ATTR, perturbation_interval=s.perturbation_interval, burn_in_period=s.burn_in_period,
             hyperparam_mutations=space.pbt_mutations(spec), quantile_fraction=s.quantile_fraction,
             resample_probability=s.resample_probability, custom_explore_fn=space.ClipToSpace(spec),
             synch=True)  # compare trials at the same number of tasks seen: scores after k and k+1 tasks do not compare
-    return S.FIFOScheduler()
+    return ray_private.Fifo()
 
 
 class _OptunaSearch(OptunaSearch):

@@ -307,6 +307,14 @@ class TrialLedger:
             f.write(json.dumps({**row, "time": time.time()}, default=str) + "\n")
 
 
+def ledger_end(experiment_dir: str | Path, trial_id: str) -> Optional[str]:
+    """Ray's status at the last end the ledger holds of ``trial_id`` (a later start does not undo
+    it: Ray starts no finished trial again), or None if it never ended."""
+    ends = [r["status"] for r in _json_lines(Path(experiment_dir) / TRIALS_FILE)
+            if r["trial_id"] == trial_id and r["event"] == "end"]
+    return ends[-1] if ends else None
+
+
 # ------------------------------------------------------------------------------ reading storage
 def reference_from(runs: SweepState) -> dict:
     """``reference.json`` from the reference runs: per task k, the complete run with the best
@@ -357,7 +365,7 @@ def load_sweep(path: str | Path, reference: Optional[dict] = None) -> SweepState
     trials = []
     for trial_id in sorted(set(events) | reported):
         folder = path / trial_dirname(trial_id)
-        history = _history(folder / TASKS_FILE)
+        history = task_history(folder)
         rows = events.get(trial_id, [])
         ended = rows[-1] if rows and rows[-1]["event"] == "end" else None
         walls = [r["wall_seconds"] for r in rows if r["event"] == "end" and r.get("wall_seconds") is not None]
@@ -389,10 +397,11 @@ def _json_lines(file: Path) -> list[dict]:
     return rows
 
 
-def _history(tasks_file: Path) -> list[dict]:
-    """One result per task; when a restored trial reported a task again, its last report counts."""
+def task_history(trial_folder: Path) -> list[dict]:
+    """A trial's record (its ``tasks.jsonl``), one result per task in task order; when a restored
+    trial reported a task again, its last report counts."""
     by_task: dict[int, dict] = {}
-    for result in _json_lines(tasks_file):
+    for result in _json_lines(Path(trial_folder) / TASKS_FILE):
         by_task[int(result.get(TIME_ATTR, 0))] = result
     return [by_task[k] for k in sorted(by_task)]
 
@@ -401,6 +410,6 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-__all__ = ["Outcome", "TrialRecord", "SweepState", "TrialLedger", "load_sweep", "trial_dirname", "SPEC_FILE", "TRIALS_FILE",
+__all__ = ["Outcome", "TrialRecord", "SweepState", "TrialLedger", "load_sweep", "task_history", "ledger_end", "trial_dirname", "SPEC_FILE", "TRIALS_FILE",
            "SUMMARY_FILE", "BEST_CONFIG_FILE", "TASKS_FILE", "FAILURE_FILE", "TIME_ATTR", "CHECKPOINT_DIRS", "folder_bytes",
            "FINALISTS_DIR", "FINALIST_OF"]

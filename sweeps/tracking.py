@@ -30,7 +30,8 @@ Trial status (tag ``clsweep.status``): ``finished`` (all tasks; MLflow FINISHED)
 (a scheduler stopped it after fewer tasks; MLflow FINISHED too: a scheduler stop is a normal end),
 ``failed`` (MLflow FAILED, reason in ``clsweep.failure_reason``), ``rejected`` (all tasks, but it broke a
 requirement of the objective, ``objective.require``; MLflow FINISHED, the requirement in
-``clsweep.rejected_because``; never the best trial), ``running``. Trial runs are named
+``clsweep.rejected_because``; never the best trial), ``running``, ``orphaned`` (a run whose trial the
+sweep's storage does not hold; MLflow KILLED, closed by the next upload with the reason). Trial runs are named
 by their searched values and, when they ended early, how (``lambda=6.98e4 lr=3.5e-4``,
 ``stopped 2/5 · lambda=12.3``, ``failed 3/5 · lambda=1e9``): the runs table tells the three
 endings apart without a click. The experiment carries ``mlflow.experimentKind =
@@ -80,7 +81,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from sweeps.spec import SweepSpec
 
 from sweeps.mlflow_store import (BEST_RUN_TAG, BEST_TRIAL_TAG, CONFIG_ARTIFACT, FAILURE_TAG, FINISHED, KIND_TAG,
-                                 EVALUATION_RANGE_TAG, METRIC_TAG, MODE_TAG, PROTOCOL_TAG, REJECTED, REJECTED_TAG,
+                                 EVALUATION_RANGE_TAG, METRIC_TAG, MODE_TAG, ORPHANED, PROTOCOL_TAG, REJECTED,
+                                 REJECTED_TAG,
                                  RUNNING, STATE_FILE, STATUS_TAG,
                                  STEP_METRIC, SWEEP_ID_TAG, Store, TASKS_SEEN_TAG, TRIAL_ID_TAG, _matrix_files,
                                  _param_value, check_reachable, experiment_url, final_metrics, log, node_tags,
@@ -270,6 +272,16 @@ class SweepTracker:
             store.client.update_run(run.info.run_id, name=name)
         store.set_status(run, status)
 
+    def close_orphan(self, run) -> None:
+        """Close a trial run whose trial the sweep's storage does not hold, saying so."""
+        if run.data.tags.get(STATUS_TAG) == ORPHANED:
+            return
+        trial_id = run.data.tags[TRIAL_ID_TAG]
+        self.store.log_tags(run, {STATUS_TAG: ORPHANED, FAILURE_TAG: (
+            f"no trial {trial_id} in the sweep's storage ({self.folder}): its driver stopped before Ray's snapshot "
+            f"or the sweep's ledger had it, so no resume runs it; its logged steps stay")})
+        self.store.set_status(run, ORPHANED)
+
     def callback(self):
         """A Ray Tune callback that closes each trial's run as Ray ends the trial."""
         from ray.tune import Callback
@@ -311,6 +323,8 @@ class SweepTracker:
         runs = self.store.trial_runs(self.identity.sweep_id)
         run_ids = {t.trial_id: self.upload_trial(t, state.trial_config(t), runs.get(t.trial_id))
                    for t in state.trials if t.history or t.trial_id in runs}
+        for trial_id in runs.keys() - {t.trial_id for t in state.trials}:
+            self.close_orphan(runs[trial_id])
         best = self.summarize(state, run_ids)
         ended = bool(state.trials) and all(t.outcome.ended for t in state.trials)
         self.store.client.set_terminated(self.parent.info.run_id, "FINISHED" if ended else "KILLED")

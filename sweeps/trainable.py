@@ -17,11 +17,13 @@ After every task the trial reports to Ray Tune (`ray.tune.report`):
 
 Where a trial continues from: the checkpoint Ray hands it (a retry, a resumed sweep, PBT's
 exploit), unless that is the trial's own and its storage folder holds a newer one of its own. Ray's
-experiment state is a periodic snapshot, so a driver killed between two snapshots would otherwise
-make a resumed trial train again tasks it had already reported. A trial continued from a
-checkpoint taken after the last task has nothing to train: from its own it ends at once (all is
-reported); from another trial's (PBT copied a trial that had just finished) it reports that final
-state as its own.
+experiment state is a periodic snapshot (the runner has it written when each trial starts, so every
+trial that reports is in it, but its later results may not be), so a driver killed between two
+snapshots would otherwise make a resumed trial train again tasks it had already reported. A trial
+with nothing left to train reports its last recorded task again and ends: one the ledger says
+ended (the driver died before Ray's snapshot had its end: a trial ASHA stopped stays stopped), or
+one continued from its own checkpoint taken after the last task. Continued from another trial's
+such checkpoint (PBT copied a trial that had just finished), it reports that final state as its own.
 
 A trial whose loss becomes NaN (`TrainingDivergedError`) or whose config is invalid
 (`ConfigError`) raises, so Ray marks it ERROR with that reason and the sweep goes on. Both
@@ -48,9 +50,10 @@ from clcore.data import RawData, raw_key
 from clcore.metrics import Reference
 from clcore.train import TaskReport, TrainingDivergedError
 from sweeps.spec import OBJECTIVE_ATTR, Objective, SweepSpec
-from sweeps.storage import CHECKPOINT_DIRS, FAILURE_FILE, TASKS_FILE, trial_dirname
+from sweeps.storage import CHECKPOINT_DIRS, FAILURE_FILE, TASKS_FILE, TERMINATED, ledger_end, task_history, trial_dirname
 
 CHECKPOINT_FILE = "checkpoint.pt"  # in each checkpoint_* folder: {"clcore", "clcore_seconds", "trial_id"}
+RECORD_ONLY = ("trial_id", "config", "timestamp")  # in a tasks.jsonl line beside what the trial reported
 
 # (trial_id, trial_name, config) -> a function called with every result the trial reports.
 TrialLoggerFactory = Callable[[str, str, ExperimentConfig], Callable[[dict], None]]
@@ -74,6 +77,8 @@ def run_trial(params: dict, *, spec: SweepSpec, raw: Optional[RawData] = None,
     if (folder / FAILURE_FILE).exists():
         reason = json.loads((folder / FAILURE_FILE).read_text())["reason"]
         raise TrialFailedError(f"{reason} (not retried: this failure is deterministic)")
+    if ledger_end(spec.experiment_path, trial_id) == TERMINATED:  # it ended after Ray's last snapshot
+        return _report_again(folder)
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     try:
         config = spec.trial_config(params)
@@ -89,7 +94,8 @@ def run_trial(params: dict, *, spec: SweepSpec, raw: Optional[RawData] = None,
             if saved["trial_id"] != trial_id:
                 reporter(TaskReport(n_tasks - 1, n_tasks, dict(resume_from["history"][-1]), resume_from["val_matrix"],
                                     resume_from["test_matrix"], lambda: resume_from))
-            return
+                return
+            return _report_again(folder)
         reporter.started = time.perf_counter()
         clcore.run(config, [reporter], resume_from=resume_from, raw=raw if shared else None, reference=reference)
     except (TrainingDivergedError, ConfigError) as error:
@@ -99,6 +105,17 @@ def run_trial(params: dict, *, spec: SweepSpec, raw: Optional[RawData] = None,
         except OSError:
             pass
         raise
+
+
+def _report_again(folder: Path) -> None:
+    """A trial with nothing left to train reports its last recorded task again (no checkpoint, no
+    line in ``tasks.jsonl``), so that Ray, its scheduler and its searcher end it on its final result
+    rather than on the older one Ray's snapshot restored."""
+    from ray import tune
+
+    history = task_history(folder)
+    if history:
+        tune.report({k: v for k, v in history[-1].items() if k not in RECORD_ONLY})
 
 
 def _checkpoint_to_continue(given, folder: Path, trial_id: str) -> Optional[dict]:
@@ -153,8 +170,8 @@ class _TaskReporter:
             self.log(metrics)
         self.tasks_file.parent.mkdir(parents=True, exist_ok=True)
         with self.tasks_file.open("a") as f:
-            f.write(json.dumps({**metrics, "trial_id": self.trial_id, "config": self.params,
-                                "timestamp": time.time()}) + "\n")
+            record = dict(zip(RECORD_ONLY, (self.trial_id, self.params, time.time())))
+            f.write(json.dumps({**metrics, **record}) + "\n")
         with tempfile.TemporaryDirectory(prefix="clsweep-ckpt-") as folder:
             torch.save({"clcore": report.checkpoint(), "clcore_seconds": clcore_seconds, "trial_id": self.trial_id},
                        Path(folder) / CHECKPOINT_FILE)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +47,75 @@ def test_cli_reporter_still_picks_its_best_trial_in_current_best_trial():
     early, complete = Trial(1, 0.99), Trial(3, 0.7)
     best, _ = reporter._current_best_trial([early, complete])
     assert best is complete  # the early-stopped trial's higher value does not count
+
+
+def test_the_recorded_scheduler_snapshots_before_training_and_the_snapshot_names_its_checkpoints(tmp_path):
+    """A real Tuner on a local Ray: the snapshot callback reaches the controller through the scheduler
+    (written before the trial's training was called: the trial is in the first snapshot), and
+    `snapshot_checkpoints` reads the trial and Ray's two kept checkpoints back from the JSON."""
+    def checkpointing(config):  # defined here: pickled by value (workers cannot import test modules)
+        import tempfile
+
+        for step in range(3):
+            with tempfile.TemporaryDirectory() as folder:
+                Path(folder, "x").write_text(str(step))
+                tune.report({"step": step + 1, "acc": 0.5}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address="local", num_cpus=1, include_dashboard=False)
+    try:
+        scheduler = ray_private.Fifo()
+        tuner = tune.Tuner(checkpointing, tune_config=tune.TuneConfig(scheduler=scheduler, metric="acc", mode="max"),
+                           run_config=tune.RunConfig(storage_path=str(tmp_path), name="probe", verbose=0,
+                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+        assert tuner._local_tuner._tune_config.scheduler is scheduler, f"{MOVED}: the Tuner copies its scheduler"
+        snapshots = []
+
+        class Probe(tune.Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):
+                snapshots.append(ray_private.snapshot_checkpoints(tmp_path / "probe"))
+
+        ray_private.attach_callbacks(tuner, [ray_private.snapshot_before_training(tuner), Probe()])
+        trial_id = tuner.fit()[0].metrics["trial_id"]
+    finally:
+        if started_here:
+            ray.shutdown()
+    assert scheduler._controller is not None and hasattr(scheduler._controller, "checkpoint"), \
+        f"{MOVED}: TrialRunnerWrapper._tune_controller"
+    assert snapshots == [{trial_id: set()}], f"{MOVED}: the trial is not in the snapshot written as it starts"
+    assert ray_private.snapshot_checkpoints(tmp_path / "probe") == {trial_id: {"checkpoint_000001", "checkpoint_000002"}}
+    assert "_controller" not in scheduler.__getstate__()  # never pickled into tuner.pkl
+
+
+def test_a_restored_asha_stops_a_trial_only_at_its_rungs(tmp_path):
+    """Ray keeps no scheduler state in its snapshot: a fresh ASHA would judge a resumed trial at task 3,
+    where there is no rung, against the rung-2 values. Refilled from the trial's record, it does not."""
+    import json
+    from types import SimpleNamespace
+
+    def trial(name: str, values: list[float]):
+        folder = tmp_path / f"trial_{name}"
+        folder.mkdir()
+        folder.joinpath("tasks.jsonl").write_text(
+            "".join(json.dumps({"tasks_seen": k + 1, "obj": v}) + "\n" for k, v in enumerate(values)))
+        return SimpleNamespace(trial_id=name, path=str(folder), storage=SimpleNamespace(trial_dir_name=folder.name))
+
+    def asha(cls):
+        return cls(time_attr="tasks_seen", max_t=5, grace_period=2, reduction_factor=2, metric="obj", mode="max")
+
+    good = [trial(f"g{i}", [0.9, 0.9]) for i in range(3)]
+    slow = trial("slow", [0.2, 0.3])  # passed rung 2 before the driver died (the cut then was lower)
+    for cls in (tune.schedulers.ASHAScheduler, ray_private.Asha):
+        scheduler = asha(cls)
+        for t in (*good, slow):
+            scheduler.on_trial_add(None, t)
+        for t in good:  # their rung-2 results, reported after the resume (a plain ASHA knows only these)
+            scheduler.on_trial_result(None, t, {"tasks_seen": 2, "obj": 0.9})
+        decision = scheduler.on_trial_result(None, slow, {"tasks_seen": 3, "obj": 0.35})
+        if cls is ray_private.Asha:
+            rung2 = dict(scheduler._trial_info["slow"]._rungs)[2]
+            assert rung2["slow"] == pytest.approx(0.3) and rung2["g0"] == pytest.approx(0.9), f"{MOVED}: ASHA's rungs"
+            assert decision == "CONTINUE"  # next judged at rung 4
+        else:
+            assert decision == "STOP"  # what a plain ASHA does at task 3: the bug refilling mends

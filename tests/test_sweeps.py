@@ -1,8 +1,8 @@
 """Real sweeps on a real local Ray runtime, on the synthetic benchmark with tiny MLPs.
 
 One Ray instance (2 CPUs) serves the in-process sweeps; trials take half a CPU, so four run at
-once. The resume test runs `clsweep` in child processes, kills the first one (driver and the Ray
-it started) mid-sweep and resumes from storage.
+once. The stop tests run `clsweep` in child processes and stop the driver mid-sweep; resuming after
+a kill, at four points of one sweep, is tests/test_kill_points.py's.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from sweeps import space  # noqa: E402  (imports Ray)
 from sweeps.runner import load_sweep, run_sweep, trials_that_fit  # noqa: E402
-from sweeps.storage import CHECKPOINT_DIRS, FINALIST_OF, TASKS_FILE, TRIALS_FILE, folder_bytes  # noqa: E402
+from sweeps.storage import CHECKPOINT_DIRS, FINALIST_OF, TASKS_FILE, folder_bytes  # noqa: E402
 
 
 def sweep(tmp_path: Path, name: str, **sections) -> dict:
@@ -430,47 +430,6 @@ def test_finalists_train_again_on_fresh_seeds_and_the_best_mean_wins(tmp_path, l
 
 
 # ------------------------------------------------------------------------------ resume
-def test_resume_after_the_driver_is_killed_runs_every_trial_exactly_once(tmp_path):
-    data = sweep(tmp_path, "resume", algorithm={"name": "random", "num_samples": 4, "max_concurrent": 2, "seed": 0},
-                 scheduler="fifo", resources={"cpu": 1})
-    data["base"]["train"].update(epochs=20, batch_size=16)  # a few seconds per trial
-    data["search"] = {"train.lr": {"dist": "loguniform", "low": 1e-2, "high": 0.3}}
-    spec_file = tmp_path / "resume.yaml"
-    spec_file.write_text(yaml.safe_dump(data))
-    experiment = tmp_path / "results" / "resume"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    clsweep = [sys.executable, "-m", "sweeps.cli"]
-
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen([*clsweep, "run", str(spec_file), "--num-cpus", "2"], stdout=log, stderr=subprocess.STDOUT,
-                             env=env, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while not _finished_trials(experiment) and time.time() < deadline and first.poll() is None:
-            time.sleep(0.5)
-        finished = _finished_trials(experiment)
-        assert finished and first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        first.wait()
-    before = {t: (experiment / f"trial_{t}" / TASKS_FILE).read_text() for t in finished}
-    assert len(_finished_trials(experiment)) < 4, "the sweep ended before it could be killed"
-
-    done = subprocess.run([*clsweep, "resume", str(experiment), "--num-cpus", "2"], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "sweep resume: 4 trials" in done.stdout
-
-    state = load_sweep(experiment)
-    assert len(state.trials) == 4 and len({t.trial_id for t in state.trials}) == 4
-    assert state.counts() == {"complete": 4}
-    for trial in state.trials:  # every task of every trial reported, none twice
-        assert [row["tasks_seen"] for row in task_rows(trial.path)] == [1, 2, 3, 4, 5]
-    for trial_id, text in before.items():  # finished trials were not run again
-        assert (experiment / f"trial_{trial_id}" / TASKS_FILE).read_text() == text
-
-
 def _first_report(experiment: Path) -> bool:
     return any(path.stat().st_size for path in experiment.glob(f"trial_*/{TASKS_FILE}"))
 
@@ -533,14 +492,6 @@ def test_a_stopped_driver_leaves_no_ray_process_behind(tmp_path, stop):
             os.killpg(driver.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def _finished_trials(experiment: Path) -> list[str]:
-    times = experiment / TRIALS_FILE
-    if not times.exists():
-        return []
-    rows = [json.loads(line) for line in times.read_text().splitlines() if line.strip()]
-    return [row["trial_id"] for row in rows if row["event"] == "end"]
 
 
 # ------------------------------------------------------------------------------ search space

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import threading
 import time
@@ -325,3 +326,29 @@ def test_an_unreachable_server_at_the_start_leaves_the_sweep_running_and_sync_sa
 def test_sync_of_a_folder_that_is_no_sweep_says_what_to_give(tmp_path, capsys):
     assert H.clsweep("sync", tmp_path, folder=tmp_path) == 2
     assert "no sweep.yaml here" in capsys.readouterr().err
+
+
+def test_sync_closes_a_trial_run_whose_trial_storage_does_not_hold(sqlite_sweep_folder, tmp_path):
+    """A driver killed after a trial's run was opened and before anything recorded the trial left a
+    RUNNING run with no trial: the next upload closes it (KILLED, ``orphaned``, the reason), once."""
+    from mlflow import MlflowClient
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sqlite_sweep_folder, copy)
+    sweep_dir, uri = H.sweep_folder(copy), f"sqlite:///{copy.resolve() / 'mlruns.db'}"
+    identity = json.loads((sweep_dir / T.STATE_FILE).read_text())
+    store = T.Store(uri, sweep_dir.name)
+    parent = store.find_run({T.SWEEP_ID_TAG: identity["sweep_id"], T.KIND_TAG: "sweep"})
+    orphan = W.open_trial_run(store, identity["sweep_id"], parent.info.run_id, "deadbeef",
+                           small_config(strategy={"name": "ewc", "lambda": 1.0}), ("strategy.lambda",))
+    before = {tid: (r.info.status, r.data.tags[T.STATUS_TAG]) for tid, r in store.trial_runs(identity["sweep_id"]).items()}
+    assert before["deadbeef"] == ("RUNNING", M.RUNNING)
+
+    T.sync(sweep_dir, uri)
+    run = MlflowClient(uri).get_run(orphan.info.run_id)
+    assert (run.info.status, run.data.tags[T.STATUS_TAG]) == ("KILLED", M.ORPHANED)
+    assert "no trial deadbeef in the sweep's storage" in run.data.tags[M.FAILURE_TAG]
+    after = {tid: (r.info.status, r.data.tags[T.STATUS_TAG]) for tid, r in store.trial_runs(identity["sweep_id"]).items()}
+    assert {k: v for k, v in after.items() if k != "deadbeef"} == {k: v for k, v in before.items() if k != "deadbeef"}
+    T.sync(sweep_dir, uri)  # a second upload leaves it as it is
+    assert MlflowClient(uri).get_run(orphan.info.run_id).info.end_time == run.info.end_time
