@@ -159,7 +159,7 @@ BAD_INPUT = [
     ("ewc-lambda-zero", {"strategy": {"name": "ewc", "lambda": 0}}, "strategy.lambda", ["> 0"]),
     ("ewc-unknown-mode", {"strategy": {"name": "ewc", "mode": "both"}}, "strategy.mode", ["separate", "online"]),
     ("ewc-unknown-fisher", {"strategy": {"name": "ewc", "fisher": "kfac"}}, "strategy.fisher",
-     ["exact", "empirical", "sampled", "batched"]),
+     ["exact", "empirical", "sampled", "batched", "batched_by_class"]),
     ("rwalk-alpha", {"strategy": {"name": "rwalk", "alpha": 1.5}}, "strategy.alpha", ["[0, 1]"]),
     ("unknown-optimizer", {"train": {"optimizer": "lbfgs"}}, "train.optimizer", ["sgd", "adam"]),
     ("unknown-device", {"train": {"device": "tpu"}}, "train.device", ["auto", "cpu", "cuda"]),

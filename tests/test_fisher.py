@@ -40,6 +40,9 @@ def brute_force(model: nn.Module, split: Split, estimator: str, n: int, batch_si
             if p.grad is not None:
                 fisher[k] += weight * p.grad.square()
 
+    if estimator == "batched_by_class":  # the same samples, ordered by class (stable)
+        order = torch.sort(split.y[:n], stable=True).indices
+        split, estimator = Split(split.x[:n][order], split.y[:n][order], split.task_ids[:n][order]), "batched"
     if estimator == "batched":
         batches = range(0, n, batch_size)
         for s in batches:
@@ -78,7 +81,7 @@ def assert_close(a: dict, b: dict, rtol: float = 1e-4):
 
 # --------------------------------------------------------------------------- each estimator vs a loop
 @pytest.mark.parametrize("scenario", ["task", "class"])
-@pytest.mark.parametrize("estimator", ["exact", "empirical", "sampled", "batched"])
+@pytest.mark.parametrize("estimator", ["exact", "empirical", "sampled", "batched", "batched_by_class"])
 def test_estimator_equals_brute_force_loop(synthetic, scenario, estimator):
     model, split = tiny(synthetic, scenario)
     fast = estimate_fisher(model, split, estimator, max_samples=N, batch_size=8,
@@ -103,7 +106,7 @@ def test_sampled_labels_come_from_the_model_and_average_to_exact(synthetic):
 
 def test_class_incremental_unseen_units_get_zero_importance_and_no_nan(synthetic):
     model, split = tiny(synthetic, "class", seen=2)  # units 4..9 are masked to -inf
-    for estimator in ("exact", "empirical", "sampled", "batched"):
+    for estimator in ("exact", "empirical", "sampled", "batched", "batched_by_class"):
         fisher = estimate_fisher(model, split, estimator, max_samples=N, batch_size=16)
         assert all(torch.isfinite(v).all() for v in fisher.values()), estimator
         assert float(fisher["head.linear.weight"][4:].abs().max()) == 0.0, estimator
@@ -183,7 +186,7 @@ def bn_model_and_split():
     return model, split
 
 
-@pytest.mark.parametrize("estimator", ["exact", "empirical", "sampled", "batched"])
+@pytest.mark.parametrize("estimator", ["exact", "empirical", "sampled", "batched", "batched_by_class"])
 @pytest.mark.parametrize("start_in_train_mode", [True, False])
 def test_importance_pass_runs_in_eval_mode_and_changes_nothing(estimator, start_in_train_mode):
     model, split = bn_model_and_split()

@@ -32,10 +32,14 @@ which equals the explicit sum over tasks exactly; adding a task updates (A, m, c
 
 From Avalanche's ``EWCPlugin(ewc_lambda)``: its penalty is ``ewc_lambda * sum F (theta - theta*)^2``
 (no 1/2) with the ``batched`` importance over minibatches of ``train_mb_size``. With
-``fisher="batched"``, ``fisher_batch_size = train_mb_size`` and ``fisher_samples=None`` the
-importances are identical and::
+``fisher="batched_by_class"``, ``fisher_batch_size = train_mb_size`` and ``fisher_samples=None``
+the importances are identical and::
 
     lambda (here) = 2 * ewc_lambda (Avalanche)
+
+(``batched_by_class`` reads a task's samples grouped by class, as Avalanche's benchmarks store an
+experience and its plugin reads it; ``batched`` over the shuffled split gives Avalanche's formula on
+another order, and a Fisher many times smaller: `benchmarks/fisher_order.py`.)
 
 FACIL's EWC penalty carries the 1/2 (``lamb * sum F (theta - theta*)^2 / 2``), so its ``lamb`` is our
 lambda as it stands; its Fisher is also batch-mean gradients squared, but over full batches only, with
@@ -74,7 +78,7 @@ class EWC(QuadraticRegulariser):
         Param("decay_factor", float, None, "online mode's factor on the old importance after each task", low=0,
               high=1, low_open=True, applies_when=("mode", "online"), mutable=True),
         Param("fisher", str, "empirical", "importance estimator (see clcore.fisher)",
-              choices=("exact", "empirical", "sampled", "batched"), mutable=True),
+              choices=("exact", "empirical", "sampled", "batched", "batched_by_class"), mutable=True),
         Param("fisher_samples", int, None, "training samples of a task the Fisher is estimated on", low=1,
               nullable="all samples", mutable=True),
         Param("fisher_batch_size", int, 256, "samples per pass of the estimator (the batched estimator's batch)",
