@@ -1,6 +1,6 @@
 """The places where the sweep service reaches into Ray Tune's private API, and nowhere else.
 
-Each is one function written against Ray ``WRITTEN_FOR``; `tests/test_ray_private.py` checks that the
+Each is written against Ray ``WRITTEN_FOR``; `tests/test_ray_private.py` checks that the
 installed Ray still has what they use and fails naming this module when an upgrade moves it.
 
 - `attach_callbacks`: driver callbacks hold live state (open files, MLflow clients) that must not be
@@ -65,7 +65,7 @@ class Recorded:
         self._controller = getattr(tune_controller, "_tune_controller", tune_controller)
         super().on_trial_add(tune_controller, trial)
         restored = getattr(trial.storage, "trial_dir_name", None)  # a new trial has no folder yet
-        rows = task_history(Path(trial.path)) if restored else []
+        rows = task_history(trial.path) if restored else []
         if rows:
             self.refill(trial, rows)
 

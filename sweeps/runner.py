@@ -210,7 +210,6 @@ def _agree_with_snapshot(state: SweepState, errored: str) -> None:
         return  # Ray's restore says what is missing
     ledger = TrialLedger(state.path)
     for trial in state.trials:
-        folder = Path(trial.path)
         if trial.trial_id not in listed:
             if not trial.outcome.ended:
                 reason = (f"lost: trial {trial.trial_id} reported {trial.tasks_seen} tasks, but Ray's experiment "
@@ -220,14 +219,15 @@ def _agree_with_snapshot(state: SweepState, errored: str) -> None:
             continue
         if trial.status == ERROR and errored == "restart":
             continue  # Ray starts it from scratch
+        folder = Path(trial.path)
         present = sorted(folder.glob(CHECKPOINT_DIRS))
         for name in sorted(listed[trial.trial_id] - {p.name for p in present}):
             if present:
                 shutil.copytree(present[-1], folder / name)
-            else:
-                (folder / name).mkdir(parents=True)  # an ended trial: it reports its record again, reads no checkpoint
-            print(f"clsweep: trial {trial.trial_id}: Ray's snapshot restores it from {name}, deleted since; "
-                  f"put back as a copy of {present[-1].name if present else 'nothing (it has ended)'}", flush=True)
+            else:  # an ended trial: it reports its record again and reads no checkpoint
+                (folder / name).mkdir(parents=True)
+            print(f"clsweep: trial {trial.trial_id}: Ray's snapshot restores it from {name}, deleted since; put back "
+                  f"{'as a copy of ' + present[-1].name if present else 'empty (the trial has ended)'}", flush=True)
 
 
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> Optional[Path]:
