@@ -5,7 +5,7 @@ A config is four typed sections plus a seed::
     benchmark:  what data, how many tasks, which scenario
     model:      network and head
     strategy:   a strategy's name and its hyperparameters (each strategy declares its own: clcore.params)
-    train:      optimiser, epochs, batch size, device
+    train:      optimiser, epochs (or steps per task), batch size, device
 
 `ExperimentConfig.from_dict` / `from_yaml` reject unknown keys and bad values before any
 training starts, with a `ConfigError` that names the field (as a dotted path such as
@@ -239,6 +239,7 @@ class TrainConfig:
     momentum: float = field(default=0.0, metadata=MUTABLE)
     weight_decay: float = field(default=0.0, metadata=MUTABLE)
     epochs: int = field(default=1, metadata=MUTABLE)
+    steps_per_task: Optional[int] = field(default=None, metadata=MUTABLE)  # replaces epochs when set
     batch_size: int = field(default=64, metadata=MUTABLE)
     eval_batch_size: int = 1024
     reset_optimizer: bool = True
@@ -254,6 +255,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             _rule(isinstance(value, int) and value >= 1, p + name, "an integer >= 1", value)
+        _rule(self.steps_per_task is None or (isinstance(self.steps_per_task, int) and self.steps_per_task >= 1),
+              p + "steps_per_task", "an integer >= 1, or null (train by epochs)", self.steps_per_task)
+        _require(self.steps_per_task is None or self.epochs == 1, p + "epochs",
+                 f"train.steps_per_task ({self.steps_per_task}) replaces train.epochs: a task trains that many "
+                 f"steps, so epochs must stay at its default 1, got {self.epochs!r}",
+                 "1 with steps_per_task, or steps_per_task null")
         _rule(self.device in DEVICES or self.device.startswith("cuda:"), p + "device", "auto, cpu, cuda, cuda:N",
               self.device)
         _require(self.optimizer == "sgd" or self.momentum == 0, p + "momentum",

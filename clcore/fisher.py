@@ -1,28 +1,46 @@
-"""Importance estimators: the diagonal of the Fisher information, five ways.
+"""Importance estimators: the diagonal of the Fisher information, a label source by a grouping.
 
-With ``l(theta; x, y) = -log p(y | x; theta)`` (cross-entropy) and ``g = d l / d theta``, over the
-first ``N`` training samples of a task (``max_samples`` caps ``N``; the split is already shuffled):
+With ``l(theta; x, y) = -log p(y | x; theta)`` (cross-entropy) and ``g(x, c) = d l(theta; x, c) / d theta``,
+over the first ``N`` training samples of a task (``max_samples`` caps ``N``; the split is already
+shuffled), an estimator is two orthogonal choices (`ESTIMATOR_PARTS`).
 
-``exact``      F = 1/N sum_n sum_c p(c | x_n) g(x_n, c)^2
-               the expectation over the model's predictive distribution (the true Fisher;
-               Kirkpatrick et al. 2017). Labels with zero probability (class-incremental units
-               masked to -inf) contribute exactly zero.
-``empirical``  F = 1/N sum_n g(x_n, y_n)^2                      true labels, one gradient per sample
-``sampled``    F = 1/N sum_n g(x_n, c_n)^2,  c_n ~ p(. | x_n)   one label drawn from the model per sample
-``batched``    F = 1/B sum_b (d/d theta [1/|b| sum_{n in b} l(theta; x_n, y_n)])^2
-               the square of each batch-mean gradient, averaged over the ``B`` batches of
-               ``batch_size`` samples (the last one may be smaller). Avalanche's EWCPlugin computes
-               exactly this (FACIL the same over full batches only); it shrinks roughly like
-               1/batch_size, so it is offered to port their lambda values.
-``batched_by_class``  ``batched`` over the same samples ordered by class (stable: each class's
-               samples in their split order): the order Avalanche's EWCPlugin reads a task in, since
-               its benchmarks store an experience grouped by class and the plugin's loader does not
-               shuffle. Batches of one class have mean gradients that do not cancel across classes,
-               so this is much larger than ``batched`` over shuffled samples (`benchmarks/fisher_order.py`
-               measures the factor); an Avalanche ``ewc_lambda`` ports as ``2 * ewc_lambda`` with this one.
+The **label source** says which label ``c_n`` each sample's gradient is taken at:
 
-The three per-sample estimators do not depend on ``batch_size`` (it only bounds memory), and none
-runs a Python loop over samples. Two exact ways to the sum of squared per-sample gradients:
+``true``       its own label ``y_n`` (the "empirical" Fisher)
+``predicted``  the model's argmax label (van de Ven & Tolias 2019's code, Hsu et al. 2018, FACIL)
+``sampled``    one label drawn from ``p(. | x_n)`` (one draw for all samples, from ``generator``)
+``all``        every label ``c``, weighted by ``p(c | x_n)``: the expectation over the model's predictive
+               distribution, the true Fisher (Kirkpatrick et al. 2017). Labels with zero probability
+               (class-incremental units masked to -inf) contribute exactly zero.
+
+The **grouping** says whose gradient is squared:
+
+``sample``       each sample's:  F = 1/N sum_n g(x_n, c_n)^2
+``batch``        each batch's mean gradient, the ``B`` batches of ``batch_size`` consecutive samples (the
+                 last one may be smaller):  F = 1/B sum_b (1/|b| sum_{n in b} g(x_n, c_n))^2
+                 It shrinks roughly like 1/batch_size; Avalanche's EWCPlugin (true labels), Hsu et al.
+                 and FACIL (predicted labels) compute it, so it is offered to port their lambda values.
+``class_batch``  ``batch`` over the same samples ordered by class (stable: each class's samples in their
+                 split order): the order Avalanche's EWCPlugin reads a task in, since its benchmarks
+                 store an experience grouped by class and the plugin's loader does not shuffle. Batches
+                 of one class have mean gradients that do not cancel across classes, so it is much
+                 larger than ``batch`` over shuffled samples (`benchmarks/fisher_order.py` measures the
+                 factor).
+
+``all`` with a batch grouping is the expectation of ``sampled`` with it over independent draws: the
+expected gradient of one sample is zero (``sum_c p(c|x) d log p(c|x) = d sum_c p(c|x) = 0``), so the
+cross terms vanish and F = 1/B sum_b 1/|b|^2 sum_{n in b} sum_c p(c | x_n) g(x_n, c)^2. With batches of
+one, every grouping gives the per-sample estimator.
+
+Names (`ESTIMATORS`, the ``fisher`` field of EWC) keep the common combinations short: the per-sample ones
+are named by their labels (``empirical``, ``predicted``, ``sampled``, ``exact`` for ``all``); a batch
+grouping is ``batched`` or ``batched_by_class``, followed by ``_predicted``, ``_sampled`` or ``_exact``
+unless the labels are true. So Avalanche's estimator is ``batched_by_class``, FACIL's and Hsu et al.'s
+``batched_predicted``, van de Ven's 2019 ``predicted``.
+
+A batch grouping with one label per sample takes one ordinary backward per batch. The per-sample grouping
+does not depend on ``batch_size`` (it only bounds memory); it, and ``all`` labels under a batch grouping,
+need sums of squared per-sample gradients, and no Python loop over samples gives them. Two exact ways:
 
 - layers whose per-sample gradients follow from their input ``a`` and the loss gradient ``delta`` at
   their output (one batched forward, one backward to the layer outputs; samples do not interact in
@@ -39,9 +57,10 @@ runs a Python loop over samples. Two exact ways to the sum of squared per-sample
 
 On CPU both cap the per-sample gradients written at once at `CPU_CHUNK_BYTES`.
 ``factor_layers=False`` sends every parameter through ``vmap`` (same result; tests and benchmarks
-compare the two). ``exact`` takes one backward per label ``c``, each sample's loss weighted by
-``sqrt(p(c | x))`` so that its squared gradient carries ``p(c | x)``; labels that no sample can take
-(units masked to -inf) are skipped, so nothing multiplies 0 by inf.
+compare the two). ``all`` labels take one backward per label ``c``, each sample's loss weighted by
+``sqrt(p(c | x))`` (over ``|b|`` under a batch grouping) so that its squared gradient carries
+``p(c | x)`` (over ``|b|^2``); labels that no sample can take (units masked to -inf) are skipped, so
+nothing multiplies 0 by inf.
 
 The pass runs with every module in eval mode (dropout off, BatchNorm on its running statistics) and
 puts each module back in the mode it found; it changes no parameter and no buffer.
@@ -60,8 +79,25 @@ from torch.func import functional_call, grad, vmap
 
 from clcore.data import Split
 
-ESTIMATORS = ("exact", "empirical", "sampled", "batched", "batched_by_class")
-BATCH_MEAN = ("batched", "batched_by_class")  # the estimators whose result depends on batch_size
+LABEL_SOURCES = ("all", "true", "sampled", "predicted")
+GROUPINGS = ("sample", "batch", "class_batch")
+_PER_SAMPLE_NAMES = {"all": "exact", "true": "empirical", "sampled": "sampled", "predicted": "predicted"}
+_GROUPING_PREFIXES = {"batch": "batched", "class_batch": "batched_by_class"}
+
+
+def _estimator_name(labels: str, grouping: str) -> str:
+    """The name of a (label source, grouping) pair: see the module docstring."""
+    if grouping == "sample":
+        return _PER_SAMPLE_NAMES[labels]
+    prefix = _GROUPING_PREFIXES[grouping]
+    return prefix if labels == "true" else f"{prefix}_{_PER_SAMPLE_NAMES[labels]}"
+
+
+# every estimator's name -> (label source, grouping); ESTIMATORS is what EWC's ``fisher`` accepts
+ESTIMATOR_PARTS = {_estimator_name(labels, grouping): (labels, grouping)
+                   for grouping in GROUPINGS for labels in LABEL_SOURCES}
+ESTIMATORS = tuple(ESTIMATOR_PARTS)
+BATCH_MEAN = tuple(name for name, (_, grouping) in ESTIMATOR_PARTS.items() if grouping != "sample")
 # On CPU, per-sample gradients are written to memory and read back: chunks of at most this many bytes
 # stay in cache and in malloc's reusable heap (no page faults), about twice as fast as chunks of 256
 # samples for a 270k-parameter MLP on a 2-core machine.
@@ -125,26 +161,29 @@ def estimate_fisher(model: nn.Module, split: Split, estimator: str = "empirical"
 
     ``batch_size`` is the batch whose mean gradient is squared (`BATCH_MEAN`) or, for the per-sample
     estimators, the most samples per vectorised call; it does not change their result. ``generator``
-    drives the labels drawn by ``sampled`` (default: torch's global generator). ``factor_layers``:
-    see the module docstring.
+    drives the labels drawn by the ``sampled`` label source (default: torch's global generator).
+    ``factor_layers``: see the module docstring.
     """
     check_estimator_args(estimator, max_samples, batch_size)
+    labels_from, grouping = ESTIMATOR_PARTS[estimator]
     n = len(split) if max_samples is None else min(len(split), max_samples)
     if n == 0:
         raise ValueError("cannot estimate importance on an empty split")
     params = {name: p.detach() for name, p in trainable_parameters(model).items()}
     fisher = {name: torch.zeros_like(p) for name, p in params.items()}
     x, t, y = split.x[:n], split.task_ids[:n], split.y[:n]
+    if grouping == "class_batch":
+        order = torch.sort(y, stable=True).indices
+        x, t, y = x[order], t[order], y[order]
+    batches = range(0, n, batch_size)
 
     def logits_of(p, xb, tb):  # a batch through the model with parameters p (buffers as they are)
         return functional_call(model, p, (xb, tb))
 
     with eval_mode(model), torch.enable_grad():
-        if estimator in BATCH_MEAN:  # one ordinary backward per batch; nothing is written to p.grad
-            if estimator == "batched_by_class":
-                order = torch.sort(y, stable=True).indices
-                x, t, y = x[order], t[order], y[order]
-            batches = range(0, n, batch_size)
+        if labels_from in ("sampled", "predicted"):
+            y = _model_labels(logits_of, params, x, t, batch_size, labels_from == "sampled", generator)
+        if grouping != "sample" and labels_from != "all":  # one ordinary backward per batch; p.grad untouched
             for s in batches:
                 b = slice(s, s + batch_size)
                 loss = F.cross_entropy(model(x[b], t[b]), y[b])
@@ -168,15 +207,15 @@ def estimate_fisher(model: nn.Module, split: Split, estimator: str = "empirical"
         if chunk_bytes is not None and vmapped:
             per_sample_bytes = sum(p.numel() * p.element_size() for p in vmapped.values())
             vmap_chunk = max(1, min(batch_size, chunk_bytes // per_sample_bytes))
-        if estimator == "sampled":
-            y = _sample_labels(logits_of, params, x, t, batch_size, generator)
-        for s in range(0, n, batch_size):
+        for s in batches:
             xb, tb, yb = x[s:s + batch_size], t[s:s + batch_size], y[s:s + batch_size]
-            targets = [(yb, torch.ones(len(xb), device=xb.device))]
-            if estimator == "exact":  # every label c, each sample weighted by sqrt(p(c|x)); skip impossible labels
+            # a batch grouping of all labels squares each sample's gradient over |b|: weights 1/|b|
+            scale = 1.0 if grouping == "sample" else 1.0 / len(xb)
+            targets = [(yb, torch.full((len(xb),), scale, device=xb.device))]
+            if labels_from == "all":  # every label c, each sample weighted by sqrt(p(c|x)); skip impossible labels
                 with torch.no_grad():
                     probs = F.softmax(logits_of(params, xb, tb), dim=-1)
-                targets = [(torch.full_like(yb, c), probs[:, c].sqrt()) for c in range(probs.shape[1])
+                targets = [(torch.full_like(yb, c), probs[:, c].sqrt() * scale) for c in range(probs.shape[1])
                            if bool(probs[:, c].any())]
             if layers:
                 _add_layer_squares(model, layers, xb, tb, targets, fisher, chunk_bytes)
@@ -187,7 +226,7 @@ def estimate_fisher(model: nn.Module, split: Split, estimator: str = "empirical"
                         grads = per_sample(vmapped, xb[part], tb[part], labels[part], weight[part])
                         for k, g in grads.items():
                             fisher[k] += g.square_().sum(0)
-    torch._foreach_div_(list(fisher.values()), float(n))
+    torch._foreach_div_(list(fisher.values()), float(n if grouping == "sample" else len(batches)))
     return fisher
 
 
@@ -321,11 +360,15 @@ def _unfold(a: torch.Tensor, conv: nn.Conv2d, out_size: torch.Size) -> torch.Ten
 
 
 @torch.no_grad()
-def _sample_labels(logits_of, params, x, t, batch_size, generator) -> torch.Tensor:
-    """One label per sample drawn from the model's predictive distribution (one draw for all samples)."""
-    probs = torch.cat([F.softmax(logits_of(params, x[s:s + batch_size], t[s:s + batch_size]), dim=-1)
-                       for s in range(0, len(x), batch_size)])
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+def _model_labels(logits_of, params, x, t, batch_size, draw: bool, generator) -> torch.Tensor:
+    """One label per sample from the model: drawn from its predictive distribution with ``generator``
+    (one draw for all samples) when ``draw``, else its argmax."""
+    logits = torch.cat([logits_of(params, x[s:s + batch_size], t[s:s + batch_size])
+                        for s in range(0, len(x), batch_size)])
+    if not draw:
+        return logits.argmax(-1)
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
 
 
-__all__ = ["ESTIMATORS", "BATCH_MEAN", "estimate_fisher", "trainable_parameters", "gradients", "eval_mode"]
+__all__ = ["ESTIMATORS", "ESTIMATOR_PARTS", "LABEL_SOURCES", "GROUPINGS", "BATCH_MEAN", "estimate_fisher",
+           "trainable_parameters", "gradients", "eval_mode"]

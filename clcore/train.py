@@ -1,10 +1,10 @@
-"""The training loop: tasks, epochs, batches; evaluation after every task.
+"""The training loop: tasks, epochs (or steps per task), batches; evaluation after every task.
 
 `run(config)` trains one model on the benchmark's tasks in order and returns a `Result` with the
 validation and test accuracy matrices and the metrics. Per step it does one forward and one
 backward of the task loss; the strategy then adds its penalty gradient in place
 (see `clcore.strategies.base`). Nothing in the step synchronises with the device: losses are
-kept in a device buffer and checked once per epoch.
+kept in a device buffer and checked once per pass over the task (an epoch).
 
 A callback receives a `TaskReport` after every task (metrics so far and a function that builds a
 checkpoint); `run(config, resume_from=checkpoint)` continues after that task and gives the same
@@ -173,7 +173,7 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
     val_rows: list[list[float]] = []
     test_rows: list[list[float]] = []
     history: list[dict[str, float]] = []
-    start_task, epochs_trained = 0, 0
+    start_task, epochs_trained, steps_trained = 0, 0, 0
     if resume_from is not None:
         # Loaded optimizer state would alias the checkpoint's tensors and be updated in place:
         # work on a copy so the caller's checkpoint stays as written (and can be resumed again).
@@ -191,6 +191,7 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
         initial_val, initial_test = resume_from["initial_val"], resume_from["initial_test"]
         history = resume_from["history"]
         start_task, epochs_trained = resume_from["next_task"], resume_from["epochs_trained"]
+        steps_trained = int(history[-1].get("steps_trained", 0)) if history else 0
     else:
         initial_val = evaluate(model, [t.val for t in tasks], eval_bs)
         initial_test = evaluate(model, [t.test for t in tasks], eval_bs)
@@ -209,26 +210,27 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
         data = Split.concat([tasks[k].train for k in trained]) if len(trained) > 1 else task.train
         idle = model.head.idle_parameters(trained)  # other tasks' heads: no gradient, so no update at all
         n = len(data)
-        steps_per_epoch = math.ceil(n / cfg.batch_size)
-        losses = torch.zeros(cfg.epochs, steps_per_epoch, device=device)
-        penalties = torch.zeros(cfg.epochs, device=device)  # the penalty's value at the end of each epoch
+        rounds = passes(n, cfg)
+        losses = torch.zeros(len(rounds), max(rounds), device=device)
+        penalties = torch.zeros(len(rounds), device=device)  # the penalty's value at the end of each pass
         model.train()
-        for epoch in range(cfg.epochs):
+        for epoch, steps in enumerate(rounds):
             order = torch.randperm(n, device=device, generator=batch_order)
-            for step in range(steps_per_epoch):
+            for step in range(steps):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 # index_select: 3-5x faster than v[idx] for these gathers on CPU
                 x, task_ids, y = (v.index_select(0, idx) for v in (data.x, data.task_ids, data.y))
                 losses[epoch, step] = train_step(model, strategy, optimizer, x, task_ids, y, idle, autocast)
             with torch.no_grad():
                 penalties[epoch] = strategy.penalty(model)
-            _check_finite(losses[epoch], t, epoch)
+            _check_finite(losses[epoch, :steps], t, epoch)
             epochs_trained += 1
+            steps_trained += steps
         strategy.after_task(model, task)
 
         val_rows.append(evaluate(model, [s.val for s in tasks], eval_bs))
         test_rows.append(evaluate(model, [s.test for s in tasks], eval_bs))
-        task_loss, mean_penalty = (v.item() for v in (losses.mean(), penalties.mean()))
+        task_loss, mean_penalty = losses.sum().item() / sum(rounds), penalties.mean().item()
         importance = strategy.importance_norm()
         task_metrics = {
             **{f"val_{k}": v for k, v in M.summary(val_rows, initial_val, val_star, scenario).items()},
@@ -239,6 +241,7 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
             "importance_norm": importance if importance is not None else 0.0,
             "tasks_seen": t + 1,
             "epochs_trained": epochs_trained,
+            "steps_trained": steps_trained,
         }
         history.append(task_metrics)
 
@@ -268,6 +271,21 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
 
     return Result(config, val_rows, test_rows, initial_val, initial_test, dict(history[-1]) if history else {},
                   history, str(device), time.perf_counter() - started)
+
+
+def passes(n: int, cfg: TrainConfig) -> list[int]:
+    """The steps of each pass over a task's ``n`` training samples, each pass a fresh permutation.
+
+    By epochs: ``epochs`` passes of ``ceil(n / batch_size)`` steps (the last batch may be smaller). By
+    ``steps_per_task``: passes of ``n // batch_size`` full batches (every step a full batch; a task
+    smaller than one batch is one batch), the last pass cut where the steps run out: van de Ven &
+    Tolias's iterations per task, their loader dropping the last incomplete batch.
+    """
+    if cfg.steps_per_task is None:
+        return [math.ceil(n / cfg.batch_size)] * cfg.epochs
+    per_pass = max(1, n // cfg.batch_size)
+    full, rest = divmod(cfg.steps_per_task, per_pass)
+    return [per_pass] * full + ([rest] if rest else [])
 
 
 def _check_finite(losses: torch.Tensor, task: int, epoch: int) -> None:

@@ -9,7 +9,7 @@ from torch import nn
 
 from clcore.config import BenchmarkConfig, ModelConfig
 from clcore.data import Split, build_benchmark
-from clcore.fisher import _factorable_layers, estimate_fisher
+from clcore.fisher import ESTIMATOR_PARTS, ESTIMATORS, GROUPINGS, LABEL_SOURCES, _factorable_layers, estimate_fisher
 from clcore.models import ContinualModel, OutputHead, build_model
 
 N = 60  # samples per estimate: enough to exercise chunking, small enough for a per-sample loop
@@ -27,48 +27,46 @@ def tiny(synthetic, scenario: str = "task", hidden=(16,), dropout: float = 0.0, 
 
 def brute_force(model: nn.Module, split: Split, estimator: str, n: int, batch_size: int = 8,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """The definitions in `clcore.fisher`, one autograd backward per sample (and per label), eval mode."""
+    """The definitions in `clcore.fisher`, one autograd backward per sample or batch (and label), eval mode."""
+    labels_from, grouping = ESTIMATOR_PARTS[estimator]
     was_training = model.training
     model.eval()
     params = dict(model.named_parameters())
     fisher = {k: torch.zeros_like(p) for k, p in params.items()}
+    x, y, t = split.x[:n], split.y[:n], split.task_ids[:n]
+    if grouping == "class_batch":  # the same samples, ordered by class (stable)
+        order = torch.sort(y, stable=True).indices
+        x, y, t = x[order], y[order], t[order]
+    logits = [model(x[i:i + 1], t[i:i + 1]) for i in range(n)]
+    probs = torch.cat([l.softmax(-1) for l in logits]).detach()
+    if labels_from == "sampled":  # the same single draw for all samples as the estimator makes
+        y = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    elif labels_from == "predicted":
+        y = probs.argmax(-1)
 
-    def add_squared_grad(logits, label, weight):
+    def squared_grad(loss, weight):
         model.zero_grad()
-        F.cross_entropy(logits, torch.tensor([label])).backward(retain_graph=True)
+        loss.backward(retain_graph=True)
         for k, p in params.items():
             if p.grad is not None:
                 fisher[k] += weight * p.grad.square()
 
-    if estimator == "batched_by_class":  # the same samples, ordered by class (stable)
-        order = torch.sort(split.y[:n], stable=True).indices
-        split, estimator = Split(split.x[:n][order], split.y[:n][order], split.task_ids[:n][order]), "batched"
-    if estimator == "batched":
-        batches = range(0, n, batch_size)
-        for s in batches:
-            b = slice(s, min(s + batch_size, n))
-            model.zero_grad()
-            F.cross_entropy(model(split.x[b], split.task_ids[b]), split.y[b]).backward()
-            for k, p in params.items():
-                fisher[k] += p.grad.square()
-        model.train(was_training)
-        return {k: v / len(batches) for k, v in fisher.items()}
-
-    logits = [model(split.x[i:i + 1], split.task_ids[i:i + 1]) for i in range(n)]
-    probs = torch.cat([l.softmax(-1) for l in logits]).detach()
-    if estimator == "sampled":  # the same single draw for all samples as the estimator makes
-        labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    for i in range(n):
-        if estimator == "empirical":
-            add_squared_grad(logits[i], int(split.y[i]), 1.0)
-        elif estimator == "sampled":
-            add_squared_grad(logits[i], int(labels[i]), 1.0)
-        else:  # exact: every label the model gives a non-zero probability
+    groups = [range(i, i + 1) for i in range(n)] if grouping == "sample" else \
+        [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    for group in groups:
+        if labels_from != "all":  # the square of the group's mean gradient
+            squared_grad(sum(F.cross_entropy(logits[i], y[i:i + 1]) for i in group) / len(group), 1.0)
+            continue
+        for i in group:  # every label the model gives a non-zero probability, over |b|^2 in a batch
             for c in range(probs.shape[1]):
                 if probs[i, c] > 0:
-                    add_squared_grad(logits[i], c, float(probs[i, c]))
+                    squared_grad(F.cross_entropy(logits[i], torch.tensor([c])), float(probs[i, c]) / len(group) ** 2)
     model.train(was_training)
-    return {k: v / n for k, v in fisher.items()}
+    return {k: v / len(groups) for k, v in fisher.items()}
+
+
+def total(fisher: dict) -> float:
+    return sum(float(v.sum()) for v in fisher.values())
 
 
 def assert_close(a: dict, b: dict, rtol: float = 1e-4):
@@ -81,7 +79,7 @@ def assert_close(a: dict, b: dict, rtol: float = 1e-4):
 
 # --------------------------------------------------------------------------- each estimator vs a loop
 @pytest.mark.parametrize("scenario", ["task", "class"])
-@pytest.mark.parametrize("estimator", ["exact", "empirical", "sampled", "batched", "batched_by_class"])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_estimator_equals_brute_force_loop(synthetic, scenario, estimator):
     model, split = tiny(synthetic, scenario)
     fast = estimate_fisher(model, split, estimator, max_samples=N, batch_size=8,
@@ -106,7 +104,7 @@ def test_sampled_labels_come_from_the_model_and_average_to_exact(synthetic):
 
 def test_class_incremental_unseen_units_get_zero_importance_and_no_nan(synthetic):
     model, split = tiny(synthetic, "class", seen=2)  # units 4..9 are masked to -inf
-    for estimator in ("exact", "empirical", "sampled", "batched", "batched_by_class"):
+    for estimator in ESTIMATORS:
         fisher = estimate_fisher(model, split, estimator, max_samples=N, batch_size=16)
         assert all(torch.isfinite(v).all() for v in fisher.values()), estimator
         assert float(fisher["head.linear.weight"][4:].abs().max()) == 0.0, estimator
@@ -133,14 +131,49 @@ def test_per_sample_estimators_do_not_depend_on_batch_size(synthetic, estimator)
     assert_close(runs[2], runs[0], rtol=1e-5)
 
 
-def test_batched_estimator_shrinks_with_batch_size(synthetic):
+NAMES = {parts: name for name, parts in ESTIMATOR_PARTS.items()}
+
+
+@pytest.mark.parametrize("labels", LABEL_SOURCES)
+def test_batches_of_one_give_the_per_sample_estimator_and_larger_batches_shrink_it(synthetic, labels):
     """The square of a batch-mean gradient: the reason its lambda values do not port to the others."""
     model, split = tiny(synthetic, "task")
-    total = {b: sum(float(v.sum()) for v in estimate_fisher(model, split, "batched", max_samples=256,
-                                                             batch_size=b).values()) for b in (1, 16, 128)}
-    per_sample = sum(float(v.sum()) for v in estimate_fisher(model, split, "empirical", max_samples=256).values())
-    assert total[1] == pytest.approx(per_sample, rel=1e-5)  # batches of one: the empirical Fisher
-    assert total[128] < total[16] < 0.5 * total[1]
+    batched = NAMES[labels, "batch"]
+    runs = {b: estimate_fisher(model, split, batched, max_samples=256, batch_size=b,
+                               generator=torch.Generator().manual_seed(0)) for b in (1, 16, 128)}
+    per_sample = estimate_fisher(model, split, NAMES[labels, "sample"], max_samples=256, batch_size=1,
+                                 generator=torch.Generator().manual_seed(0))
+    assert_close(runs[1], per_sample, rtol=1e-5)
+    assert total(runs[128]) < total(runs[16]) < 0.5 * total(runs[1])
+    if labels == "all":  # no cross terms in expectation: exactly the per-sample Fisher over |b|
+        assert total(runs[16]) == pytest.approx(total(per_sample) / 16, rel=1e-5)
+        assert total(runs[128]) == pytest.approx(total(per_sample) / 128, rel=1e-5)
+
+
+def test_batched_exact_is_the_expectation_of_batched_sampled(synthetic):
+    model, split = tiny(synthetic, "task")
+    expected = total(estimate_fisher(model, split, "batched_exact", max_samples=200, batch_size=10))
+    draws = [total(estimate_fisher(model, split, "batched_sampled", max_samples=200, batch_size=10,
+                                   generator=torch.Generator().manual_seed(s))) for s in range(60)]
+    assert sum(draws) / len(draws) == pytest.approx(expected, rel=0.05)
+    assert len(set(draws)) == len(draws)  # the draw is random
+
+
+def test_predicted_labels_are_the_models_argmax_not_the_true_labels(synthetic):
+    """An untrained model predicts other labels than the true ones: the two Fishers differ, and the
+    predicted one equals the empirical Fisher of a split relabelled with the model's argmax."""
+    model, split = tiny(synthetic, "task")
+    with torch.no_grad():
+        argmax = model(split.x[:N], split.task_ids[:N]).argmax(-1)
+    assert 0 < int((argmax != split.y[:N]).sum()) < N
+    relabelled = Split(split.x[:N], argmax, split.task_ids[:N])
+    for grouping in ("sample", "batch"):  # (class_batch orders by the true labels, so not relabelled ones)
+        assert_close(estimate_fisher(model, split, NAMES["predicted", grouping], max_samples=N, batch_size=8),
+                     estimate_fisher(model, relabelled, NAMES["true", grouping], batch_size=8), rtol=1e-6)
+    for grouping in GROUPINGS:
+        predicted, true = (total(estimate_fisher(model, split, NAMES[labels, grouping], max_samples=N, batch_size=8))
+                           for labels in ("predicted", "true"))
+        assert abs(predicted - true) > 1e-3 * true, grouping
 
 
 def test_fisher_samples_caps_to_the_first_samples(synthetic):
@@ -186,7 +219,8 @@ def bn_model_and_split():
     return model, split
 
 
-@pytest.mark.parametrize("estimator", ["exact", "empirical", "sampled", "batched", "batched_by_class"])
+@pytest.mark.parametrize("estimator", ["exact", "empirical", "sampled", "predicted", "batched", "batched_by_class",
+                                       "batched_exact"])
 @pytest.mark.parametrize("start_in_train_mode", [True, False])
 def test_importance_pass_runs_in_eval_mode_and_changes_nothing(estimator, start_in_train_mode):
     model, split = bn_model_and_split()

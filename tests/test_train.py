@@ -14,7 +14,8 @@ from clcore import metrics as M
 from clcore.config import ExperimentConfig
 from clcore.data import build_benchmark
 from clcore.models import build_model
-from clcore.train import TaskReport, TrainingDivergedError, evaluate, run
+import clcore.train
+from clcore.train import TaskReport, TrainingDivergedError, evaluate, passes, run
 
 from conftest import small_config
 
@@ -23,6 +24,9 @@ from conftest import small_config
 STATEFUL = {"train": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "reset_optimizer": False, "epochs": 2,
                       "batch_size": 32, "device": "cpu"},
             "model": {"name": "mlp", "hidden_sizes": [32], "dropout": 0.2}}
+# van de Ven & Tolias's way: a fixed number of steps per task, Adam carried across tasks
+STEPS_ADAM = {"train": {"optimizer": "adam", "lr": 0.003, "reset_optimizer": False, "steps_per_task": 23,
+                        "batch_size": 64, "device": "cpu"}}
 CLASS_IL_JOINT_ADAM = {"benchmark": {"name": "synthetic", "scenario": "class", "n_tasks": 5},
                        "strategy": {"name": "joint"},
                        "train": {"optimizer": "adam", "lr": 0.003, "epochs": 1, "batch_size": 64, "device": "cpu"}}
@@ -69,8 +73,9 @@ def test_same_seed_gives_identical_accuracy_matrices():
 
 # ------------------------------------------------------------------------------------ checkpoint / resume
 @pytest.mark.parametrize("sections, resume_after", [(STATEFUL, 0), (STATEFUL, 2), (STATEFUL, 3),
-                                                    (CLASS_IL_JOINT_ADAM, 1)],
-                         ids=["momentum-dropout-after-0", "after-2", "after-3", "class-il-joint-adam-after-1"])
+                                                    (CLASS_IL_JOINT_ADAM, 1), (STEPS_ADAM, 1)],
+                         ids=["momentum-dropout-after-0", "after-2", "after-3", "class-il-joint-adam-after-1",
+                              "steps-per-task-after-1"])
 def test_resume_after_task_k_equals_the_uninterrupted_run(sections, resume_after):
     config = small_config(**sections)
     full, checkpoints, full_model = collect(config)
@@ -81,7 +86,30 @@ def test_resume_after_task_k_equals_the_uninterrupted_run(sections, resume_after
     assert sorted(resumed_checkpoints) == list(range(resume_after + 1, 5))
     assert_same_result(full, resumed)
     assert_same_state(full_model, resumed_model)
-    assert resumed.metrics["epochs_trained"] == full.metrics["epochs_trained"] == 5 * config.train.epochs
+    for counter in ("epochs_trained", "steps_trained"):
+        assert resumed.metrics[counter] == full.metrics[counter] > 0, counter
+
+
+def test_steps_per_task_trains_that_many_full_batches_a_pass_at_a_time(monkeypatch, synthetic):
+    """23 steps of 64 per task: every batch full, passes of n // 64 steps, each pass reshuffled."""
+    config = small_config(**STEPS_ADAM)
+    n = len(build_benchmark(config.benchmark, synthetic).tasks[0].train)
+    per_pass = n // 64
+    assert 1 < per_pass < 23  # the steps span several passes and end inside one
+    batches = []
+    real_step = clcore.train.train_step
+    monkeypatch.setattr(clcore.train, "train_step", lambda model, strategy, optimizer, x, *rest: (
+        batches.append(x.clone()), real_step(model, strategy, optimizer, x, *rest))[1])
+    result = run(config, raw=synthetic)
+    assert [len(b) for b in batches] == [64] * 5 * 23
+    assert [h["steps_trained"] for h in result.history] == [23 * (t + 1) for t in range(5)]
+    assert [h["epochs_trained"] for h in result.history] == [-(-23 // per_pass) * (t + 1) for t in range(5)]
+    first_pass = torch.cat(batches[:per_pass])  # one pass draws each sample at most once ...
+    assert len(torch.unique(first_pass.flatten(1), dim=0)) == len(first_pass)
+    assert passes(n, config.train) == [per_pass] * (23 // per_pass) + [23 % per_pass]
+    # ... and a task smaller than a batch is one batch per step
+    assert passes(10, config.train) == [1] * 23
+    assert passes(1000, small_config().train) == [math.ceil(1000 / 32)]  # by epochs: the last batch smaller
 
 
 def test_a_stale_checkpoint_call_raises_instead_of_mixing_states():

@@ -30,21 +30,33 @@ which equals the explicit sum over tasks exactly; adding a task updates (A, m, c
 (``c += A F / (A + F) (m - theta*)^2``, numerically stable), so a step costs the same after 1 or
 100 tasks.
 
-From Avalanche's ``EWCPlugin(ewc_lambda)``: its penalty is ``ewc_lambda * sum F (theta - theta*)^2``
-(no 1/2) with the ``batched`` importance over minibatches of ``train_mb_size``. With
-``fisher="batched_by_class"``, ``fisher_batch_size = train_mb_size`` and ``fisher_samples=None``
-the importances are identical and::
+Porting a peer's lambda (separate mode; online mode as above), with the estimator that computes its
+Fisher (`clcore.fisher` names them by label source and grouping):
 
-    lambda (here) = 2 * ewc_lambda (Avalanche)
-
-(``batched_by_class`` reads a task's samples grouped by class, as Avalanche's benchmarks store an
-experience and its plugin reads it; ``batched`` over the shuffled split gives Avalanche's formula on
-another order, and a Fisher many times smaller: `benchmarks/fisher_order.py`.)
-
-FACIL's EWC penalty carries the 1/2 (``lamb * sum F (theta - theta*)^2 / 2``), so its ``lamb`` is our
-lambda as it stands; its Fisher is also batch-mean gradients squared, but over full batches only, with
-the model's argmax labels by default, and it always mixes ``F = alpha F_old + (1 - alpha) F_new``
-(alpha on the old importance, anchored at the latest parameters).
+- Avalanche ``EWCPlugin(ewc_lambda)``: penalty ``ewc_lambda * sum F (theta - theta*)^2`` (no 1/2), Fisher
+  of batch-mean gradients over minibatches of ``train_mb_size`` read in the order its benchmarks store
+  an experience, grouped by class. With ``fisher="batched_by_class"``, ``fisher_batch_size =
+  train_mb_size``, ``fisher_samples=None`` the importances are identical and
+  ``lambda (here) = 2 * ewc_lambda``. (``batched`` over the shuffled split gives its formula on another
+  order, and a Fisher many times smaller: `benchmarks/fisher_order.py`.)
+- van de Ven & Tolias 2019 (``continual-learning``, 2019-2021 releases): penalty ``lambda/2 * sum F
+  (theta - theta*)^2``, Fisher of per-sample gradients at the model's argmax label over the task's
+  whole training set, in eval mode, restricted to the active classes (the task's own head, or the
+  classes seen so far): ``fisher="predicted"`` and ``lambda (here) = lambda``. Their sum is divided by
+  ``N - 1`` rather than ``N`` (the last index of their loop), a factor ``N / (N - 1)``: 1.0001 for a
+  Split MNIST task. (Their 2022 release defaults to every label weighted by its probability: ``exact``.)
+- Hsu et al. 2018 (``Continual-Learning-Benchmark``): penalty ``reg_coef * sum F (theta - theta*)^2``,
+  Fisher ``1/B sum_b |b| g_b^2`` of batch-mean gradients at argmax labels over the shuffled training
+  loader of batch ``S``: with ``fisher="batched_predicted"`` and ``fisher_batch_size = S``,
+  ``lambda (here) = 2 * S * reg_coef`` (exact when every batch is full; the last, smaller one weighs
+  ``|b| / S`` there).
+- FACIL: penalty ``lamb * sum F (theta - theta*)^2 / 2``, so ``lambda (here) = lamb``; its Fisher
+  (``fi_sampling_type="max_pred"``) is batch-mean gradients squared at argmax labels over the full
+  batches of its shuffled loader: ``fisher="batched_predicted"`` with ``fisher_batch_size`` its batch
+  and ``fisher_samples`` that batch times the number of full batches. Three differences remain: it
+  estimates in train mode (dropout and batch statistics on; we never do), takes the argmax over every
+  head's outputs, and always mixes ``F = alpha F_old + (1 - alpha) F_new`` (alpha on the old importance,
+  anchored at the latest parameters).
 
 Per step the gradient ``lambda * A * (theta - m)`` is added to ``p.grad`` in place in two passes over
 memory (`clcore.strategies.quadratic`, which all four regularisers share); the value is only computed when asked for (`penalty`), which the training
@@ -77,11 +89,13 @@ class EWC(QuadraticRegulariser):
               choices=("separate", "online")),
         Param("decay_factor", float, None, "online mode's factor on the old importance after each task", low=0,
               high=1, low_open=True, applies_when=("mode", "online"), mutable=True),
-        Param("fisher", str, "empirical", "importance estimator (see clcore.fisher)",
-              choices=("exact", "empirical", "sampled", "batched", "batched_by_class"), mutable=True),
+        Param("fisher", str, "empirical", "importance estimator: label source and grouping (see clcore.fisher)",
+              choices=("exact", "empirical", "sampled", "predicted", "batched_exact", "batched", "batched_sampled",
+                       "batched_predicted", "batched_by_class_exact", "batched_by_class", "batched_by_class_sampled",
+                       "batched_by_class_predicted"), mutable=True),
         Param("fisher_samples", int, None, "training samples of a task the Fisher is estimated on", low=1,
               nullable="all samples", mutable=True),
-        Param("fisher_batch_size", int, 256, "samples per pass of the estimator (the batched estimator's batch)",
+        Param("fisher_batch_size", int, 256, "samples per pass of the estimator (the batch of a batch grouping)",
               low=1, mutable=True),
         Param("keep_importance_data", bool, False, "keep every task's own F_t and theta*_t for inspection"),
     )
