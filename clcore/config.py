@@ -105,6 +105,9 @@ class BenchmarkConfig:
     val_fraction: float = 0.1
     train_samples_per_task: Optional[int] = None
     rotations: Optional[list[float]] = None
+    # true: inputs standardised with the training images' per-channel mean and std; false: pixels in
+    # [0, 1] as they are (van de Ven & Tolias's code; a Fisher over other inputs, so their lambda needs it)
+    normalize: bool = True
     # [start, stop): train and evaluate tasks start..stop-1 of the stream alone, renumbered from 0 (a
     # selection protocol's view: the other tasks' data never reaches the run); null: every task
     task_range: Optional[list[int]] = None

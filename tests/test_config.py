@@ -14,6 +14,7 @@ from conftest import small_config
 FULL_EWC = {
     "benchmark": {"name": "split_cifar100", "scenario": "class", "n_tasks": 10, "seed": 3, "class_order": None,
                   "shuffle_classes": True, "val_fraction": 0.2, "train_samples_per_task": 500, "rotations": None,
+                  "normalize": False,
                   "task_range": [2, 7],
                   "data_dir": "~/datasets", "download": True},
     "model": {"name": "resnet18", "hidden_sizes": [128], "dropout": 0.25, "head": "incremental"},

@@ -109,6 +109,25 @@ def test_train_samples_per_task_caps_training_only():
         assert torch.equal(b.val.x, a.val.x) and torch.equal(b.test.x, a.test.x)
 
 
+def test_normalize_false_feeds_the_model_pixels_in_zero_one(synthetic):
+    from clcore.config import ModelConfig
+    from clcore.models import build_model
+
+    inputs = {}
+    for normalize in (True, False):
+        bench = build_benchmark(bench_config(normalize=normalize), synthetic)
+        model = build_model(ModelConfig(hidden_sizes=[8]), input_shape=bench.input_shape, scenario="task",
+                            n_tasks=bench.n_tasks, classes_per_task=bench.classes_per_task, mean=bench.mean,
+                            std=bench.std)
+        first = model.backbone.net[1]  # after the Flatten
+        hook = first.register_forward_pre_hook(lambda m, args, n=normalize: inputs.__setitem__(n, args[0]))
+        model(bench.tasks[0].train.x[:50], bench.tasks[0].train.task_ids[:50])
+        hook.remove()
+    pixels = bench.tasks[0].train.x[:50].flatten(1).float() / 255
+    torch.testing.assert_close(inputs[False], pixels)
+    torch.testing.assert_close(inputs[True], (pixels - 0.5) / 0.25)  # the synthetic images' mean and std
+
+
 # ------------------------------------------------------------------------------------ permutations
 def _revealed_permutations(split) -> torch.Tensor:
     """Each sample of a coordinate image reveals the pixel permutation applied to it."""

@@ -238,6 +238,8 @@ def build_benchmark(config: BenchmarkConfig, raw: RawData, device: torch.device 
         tasks.append(Task(t, classes, splits["train"], splits["val"], splits["test"]))
 
     mean, std = raw.normalisation
+    if not config.normalize:  # the model's (x / 255 - mean) / std is then x / 255
+        mean, std = tuple(0.0 for _ in mean), tuple(1.0 for _ in std)
     benchmark = Benchmark(config.name, config.scenario, tasks, tuple(raw.x_train.shape[1:]), k, mean, std)
     return benchmark if config.task_range is None else benchmark.view(*config.task_range)
 
