@@ -104,12 +104,19 @@ def _sweep_best(data: dict, storage: Path, overrides: dict) -> tuple[dict, dict]
     """Run (or read back) one sweep, with ``overrides`` (``--set`` pairs); its best trial's searched
     values and its cost."""
     from sweeps import runner
+    from sweeps.compare import SAME_SWEEP
     from sweeps.spec import SweepSpec
     from sweeps.storage import SPEC_FILE, SUMMARY_FILE, load_sweep
 
     spec = SweepSpec.from_dict(data, source=data["name"], overrides={
         "storage.path": str(storage), "tracking.mlflow": False, **overrides})
     folder = spec.experiment_path
+    stored = folder / SPEC_FILE
+    changed = [k for k in SAME_SWEEP
+               if stored.exists() and getattr(SweepSpec.from_yaml(stored), k) != getattr(spec, k)]
+    if changed:
+        raise FileExistsError(f"{folder} holds this sweep with other {', '.join(changed)}: remove it, or --keep "
+                              f"another folder")
     started = time.perf_counter()
     if (folder / SUMMARY_FILE).exists() and all(t.outcome.ended for t in load_sweep(folder).trials):
         state = load_sweep(folder)
@@ -120,8 +127,9 @@ def _sweep_best(data: dict, storage: Path, overrides: dict) -> tuple[dict, dict]
     if best is None:
         raise RuntimeError(f"sweep {spec.name}: no trial completed; see {folder}")
     values = {k: v for k, v in state.trial_config(best).flat().items() if k in spec.search}
+    seconds = state.wall_seconds or time.perf_counter() - started  # a kept sweep's: the run that ended it
     cost = {"trials": len(state.trials), "task_trainings": state.cost()["task_trainings"],
-            "clcore_seconds": round(state.cost()["clcore_seconds"]), "seconds": round(time.perf_counter() - started),
+            "clcore_seconds": round(state.cost()["clcore_seconds"]), "seconds": round(seconds),
             "best_val_average_accuracy": round(best.last[spec.objective.metric], 4),
             "outcomes": {str(getattr(k, "value", k)): n for k, n in state.counts().items()}}
     return values, cost

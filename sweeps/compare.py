@@ -36,6 +36,10 @@ COMPARE_FILES = ("compare.csv", "compare.md", "compare.json", "compare.png")
 COLUMNS = ("average_accuracy", "forgetting", "min_accuracy_current_task")  # test, mean ± std
 
 
+# the sections a stored sweep must share with a spec to be that spec's sweep (a rerun reads it back)
+SAME_SWEEP = ("base", "search", "objective", "protocol", "selection", "reference")
+
+
 def protocol_section(token: str, seeds: int) -> dict:
     """The ``protocol:`` section a ``--protocols`` token stands for."""
     match = TOKEN.match(token)
@@ -84,7 +88,7 @@ def run_compare(path: str | Path, tokens: list[str], seeds: int = 3, overrides: 
     specs = plan(path, tokens, seeds, overrides)
     for token, spec in specs:  # a stored sweep must be this one: checked before anything runs
         stored = spec.experiment_path / SPEC_FILE
-        changed = [k for k in ("base", "search", "objective", "protocol", "selection", "reference")
+        changed = [k for k in SAME_SWEEP
                    if stored.exists() and getattr(SweepSpec.from_yaml(stored), k) != getattr(spec, k)]
         if changed:
             raise FileExistsError(f"{stored.parent} holds this protocol's sweep with other {', '.join(changed)}: "
