@@ -87,7 +87,7 @@ def test_bad_override_fails_before_training_and_writes_nothing(tmp_path):
 @pytest.mark.parametrize("override, field, words", [
     ("benchmark.name=imagenet", "benchmark.name", ["split_mnist", "synthetic"]),
     ("model.name=vgg", "model.name", ["mlp", "cnn", "resnet18"]),
-    ("strategy.name=lwf", "strategy.name", ["naive", "joint", "ewc", "rwalk", "si", "mas"]),
+    ("strategy.name=lwf", "strategy.name", ["naive", "joint", "ewc", "ewcpp", "rwalk", "si", "mas"]),
     ("benchmark.n_tasks=10", "benchmark.n_tasks", ["[1, 2, 5]"]),
     ("train.lr=-1", "train.lr", ["> 0"]),
     ("train.batch_size=0", "train.batch_size", [">= 1"]),

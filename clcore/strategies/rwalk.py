@@ -109,12 +109,7 @@ class RWalk(QuadraticRegulariser):
         params = self._params(model)
         grads = gradients(params)  # the task loss's gradient: nothing has been added yet
         self._step.record(params, grads)
-        if self.steps == 0:
-            torch._foreach_copy_(self.fisher, grads)
-            torch._foreach_mul_(self.fisher, grads)
-        else:
-            torch._foreach_mul_(self.fisher, 1.0 - self.alpha)
-            torch._foreach_addcmul_(self.fisher, grads, grads, value=self.alpha)
+        update_running_fisher(self.fisher, grads, self.alpha, first=self.steps == 0)
         self.add_quadratic_grad(params, grads)  # grad += 2 lambda w (theta - theta*)
 
     @torch.no_grad()
@@ -146,8 +141,8 @@ class RWalk(QuadraticRegulariser):
         else:
             self.score = torch._foreach_mul(torch._foreach_add(self.score, self.task_score), 0.5)
         positive = [s.clamp(min=0) for s in self.score]
-        self.weights = torch._foreach_add(torch._foreach_mul(self.fisher, _inverse_max(self.fisher)),
-                                          torch._foreach_mul(positive, _inverse_max(positive)))
+        self.weights = torch._foreach_add(torch._foreach_mul(self.fisher, inverse_max(self.fisher)),
+                                          torch._foreach_mul(positive, inverse_max(positive)))
         self.anchor = [p.detach().clone() for p in params]
         self.consolidated()
         torch._foreach_zero_(self.task_score)
@@ -186,10 +181,21 @@ class RWalk(QuadraticRegulariser):
         self.steps_in_interval = 0
 
 
-def _inverse_max(tensors: list[torch.Tensor]) -> torch.Tensor:
+def update_running_fisher(fisher: list[torch.Tensor], grads: list[torch.Tensor], alpha: float, first: bool) -> None:
+    """EWC++'s running Fisher, in place: ``F <- alpha g^2 + (1 - alpha) F``; ``first`` (the first step of
+    all tasks) sets ``F = g^2``."""
+    if first:
+        torch._foreach_copy_(fisher, grads)
+        torch._foreach_mul_(fisher, grads)
+    else:
+        torch._foreach_mul_(fisher, 1.0 - alpha)
+        torch._foreach_addcmul_(fisher, grads, grads, value=alpha)
+
+
+def inverse_max(tensors: list[torch.Tensor]) -> torch.Tensor:
     """1 / max over all elements of ``tensors`` (non-negative), or 0 when that maximum is 0."""
     largest = torch.stack([t.max() for t in tensors]).max()
     return torch.where(largest > 0, largest.reciprocal(), torch.zeros_like(largest))
 
 
-__all__ = ["RWalk"]
+__all__ = ["RWalk", "inverse_max", "update_running_fisher"]
