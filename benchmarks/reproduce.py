@@ -10,6 +10,8 @@ accuracy after the last task next to the published target (`TARGETS`):
     rwalk_split_mnist                       continual-learning-baselines   0.99 +- 0.01
     vandeven_{ewc,online_ewc}_split_mnist_{task,domain,class}
                                             van de Ven & Tolias 2019       a mean, within 0.01
+    agem_ewc_permuted_mnist                 Chaudhry et al. 2019 (A-GEM)   0.683 +- 0.0069 (two stds)
+    agem_rwalk_permuted_mnist               Chaudhry et al. 2019 (A-GEM)   0.857 +- 0.0056 (two stds)
 
 The data root is ``--data-dir``, else ``$CLCORE_DATA_DIR``, else ``../shared/datasets`` next to the
 repository when it holds MNIST, else ``./data`` (torchvision downloads there). The device follows the
@@ -40,6 +42,7 @@ from clcore.train import resolve_device
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "reproduce"
 VAN_DE_VEN = "van de Ven & Tolias 2019, Split MNIST"
+A_GEM = "A-GEM's Permuted MNIST, the 17 tasks after its 3 tuning tasks"
 # name: (what, target average test accuracy, tolerance, whether a seed also draws the benchmark)
 TARGETS = {
     # continual-learning-baselines (ContinualAI): target and tolerance as they state them; the benchmark's
@@ -54,6 +57,10 @@ TARGETS = {
     "vandeven_online_ewc_split_mnist_task": (f"online EWC, {VAN_DE_VEN}, task-IL", 0.991, 0.01, True),
     "vandeven_online_ewc_split_mnist_domain": (f"online EWC, {VAN_DE_VEN}, domain-IL", 0.643, 0.01, True),
     "vandeven_online_ewc_split_mnist_class": (f"online EWC, {VAN_DE_VEN}, class-IL", 0.200, 0.01, True),
+    # Chaudhry et al. 2019 (A-GEM, ICLR), Table 1, mean +- std over 5 runs: within two stds; each run draws
+    # its permutations (np.random.seed(random_seed + run) in their code), so each seed here draws them too
+    "agem_ewc_permuted_mnist": (f"EWC (EWC++), {A_GEM}", 0.683, 2 * 0.0069, True),
+    "agem_rwalk_permuted_mnist": (f"RWalk, {A_GEM}", 0.857, 2 * 0.0056, True),
 }
 
 

@@ -97,7 +97,7 @@ def test_override_switching_strategy_starts_its_parameters_afresh():
     assert ewc.with_overrides({"strategy.name": "naive"}).to_dict()["strategy"] == {"name": "naive"}
     rwalk = ewc.with_overrides({"strategy.name": "rwalk", "strategy.alpha": 0.3})
     assert rwalk.to_dict()["strategy"] == {"name": "rwalk", "lambda": 1.0, "alpha": 0.3, "delta_t": 10,
-                                           "score_clip": "average"}
+                                           "fisher_every": 1, "score_clip": "average"}
     # a parameter set explicitly that the new strategy does not take is still an error
     with pytest.raises(ConfigError) as err:
         ewc.with_overrides({"strategy.name": "joint", "strategy.mode": "online"})

@@ -19,11 +19,11 @@ This is also what the A-GEM code release (facebookresearch/agem, ``model/model.p
 ``create_fisher_ops`` keeps the same exponential average (``fisher_ema_decay`` 0.9 on the new term, never
 reset between tasks), and ``task_updates`` copies it at the end of each task, normalises it and replaces
 the anchor; its penalty has no 1/2. So A-GEM's EWC ``lambda`` (``--synap-stgth``) is this ``lambda`` and
-its ``fisher_ema_decay`` this ``alpha``. Two differences stay, both written down rather than copied: it
-min-max normalises, ``(F - min F) / (max F - min F)``, where this divides by the maximum (equal whenever
-some weight never gets a gradient, as the weights of MNIST's always-blank border pixels; that minimum is
-0), and it folds the squared gradients into the average every 10 steps as their mean
-(``fisher_update_after``), where this folds each step's in.
+its ``fisher_ema_decay`` this ``alpha``; it folds the squared gradients into the average every 10 steps
+as their mean (``fisher_update_after``): ``fisher_every: 10`` here (`update_running_fisher`; the default, 1,
+folds each step's in, as the RWalk paper writes it). One difference stays, written down rather than copied:
+it min-max normalises, ``(F - min F) / (max F - min F)``, where this divides by the maximum (equal whenever
+some weight never gets a gradient, as the weights of MNIST's always-blank border pixels; that minimum is 0).
 
 Cost per step: one elementwise update of F and the penalty's gradient; no second pass and no snapshot of
 the parameters (RWalk's path integral needs one).
@@ -50,11 +50,13 @@ class EWCpp(QuadraticRegulariser):
               mutable=True),
         Param("alpha", float, 0.9, "running-Fisher factor: the weight of the new squared gradient", low=0, high=1,
               mutable=True),
+        Param("fisher_every", int, 1, "steps whose squared gradients are averaged into each running-Fisher update "
+                                      "(A-GEM's code: 10)", low=1),
     )
 
     # F, the running Fisher; w, the penalty weight (after the first task); theta*_k, the parameters at the
     # end of the last task
-    tensor_state = ("fisher", "weights", "anchor")
+    tensor_state = ("fisher", "weights", "anchor", "fisher_sum")
     counters = ("steps", "steps_in_task", "tasks_seen")  # steps: all tasks
     weights_of = "weights"
 
@@ -62,7 +64,7 @@ class EWCpp(QuadraticRegulariser):
     def add_penalty_grad(self, model: nn.Module) -> None:
         params = self._params(model)
         grads = gradients(params)  # the task loss's gradient: nothing has been added yet
-        update_running_fisher(self.fisher, grads, self.alpha, first=self.steps == 0)
+        update_running_fisher(self, grads)
         self.add_quadratic_grad(params, grads)
 
     def after_step(self, model: nn.Module) -> None:
@@ -78,9 +80,12 @@ class EWCpp(QuadraticRegulariser):
         self.consolidated()
         self.steps_in_task = 0
         self.tasks_seen += 1
+        if self.fisher_sum:  # a window left open at the task's end is dropped
+            torch._foreach_zero_(self.fisher_sum)
 
     def allocate(self, params: list[nn.Parameter]) -> None:
         self.fisher = [torch.zeros_like(p) for p in params]
+        self.fisher_sum = [torch.zeros_like(p) for p in params] if self.fisher_every > 1 else []
 
 
 __all__ = ["EWCpp"]

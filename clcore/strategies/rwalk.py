@@ -77,6 +77,8 @@ class RWalk(QuadraticRegulariser):
         Param("alpha", float, 0.9, "EWC++ factor: the weight of the new squared gradient", low=0, high=1,
               mutable=True),
         Param("delta_t", int, 10, "training steps per path-integral score interval", low=1, mutable=True),
+        Param("fisher_every", int, 1, "steps whose squared gradients are averaged into each running-Fisher update "
+                                      "(A-GEM's code: 10)", low=1),
         Param("score_clip", str, "average", "where negative scores are cut: the task average (Avalanche) or "
                                             "each interval (the authors' code)", choices=("average", "interval")),
     )
@@ -87,7 +89,7 @@ class RWalk(QuadraticRegulariser):
     # s, the score averaged over the tasks seen; w, the penalty weight (after the first task); theta*_k, the
     # parameters at the end of the last task; s_task, this task's closed intervals; path, the open
     # interval's loss change; theta_t1, the parameters when the interval opened.
-    tensor_state = ("fisher", "score", "weights", "anchor", "task_score", "path_loss", "interval_start")
+    tensor_state = ("fisher", "score", "weights", "anchor", "task_score", "path_loss", "interval_start", "fisher_sum")
     counters = ("steps", "steps_in_task", "steps_in_interval", "tasks_seen")  # steps: all tasks
     weights_of = "weights"
 
@@ -109,7 +111,7 @@ class RWalk(QuadraticRegulariser):
         params = self._params(model)
         grads = gradients(params)  # the task loss's gradient: nothing has been added yet
         self._step.record(params, grads)
-        update_running_fisher(self.fisher, grads, self.alpha, first=self.steps == 0)
+        update_running_fisher(self, grads)
         self.add_quadratic_grad(params, grads)  # grad += 2 lambda w (theta - theta*)
 
     @torch.no_grad()
@@ -148,10 +150,13 @@ class RWalk(QuadraticRegulariser):
         torch._foreach_zero_(self.task_score)
         self.steps_in_task = 0
         self.tasks_seen += 1
+        if self.fisher_sum:  # a window left open at the task's end is dropped
+            torch._foreach_zero_(self.fisher_sum)
 
     # ------------------------------------------------------------------ binding
     def allocate(self, params: list[nn.Parameter]) -> None:
         self.fisher, self.task_score, self.path_loss = ([torch.zeros_like(p) for p in params] for _ in range(3))
+        self.fisher_sum = [torch.zeros_like(p) for p in params] if self.fisher_every > 1 else []
         self.interval_start = [p.detach().clone() for p in params]
 
     def bound(self, params: list[nn.Parameter]) -> None:
@@ -181,15 +186,26 @@ class RWalk(QuadraticRegulariser):
         self.steps_in_interval = 0
 
 
-def update_running_fisher(fisher: list[torch.Tensor], grads: list[torch.Tensor], alpha: float, first: bool) -> None:
-    """EWC++'s running Fisher, in place: ``F <- alpha g^2 + (1 - alpha) F``; ``first`` (the first step of
-    all tasks) sets ``F = g^2``."""
-    if first:
-        torch._foreach_copy_(fisher, grads)
-        torch._foreach_mul_(fisher, grads)
-    else:
-        torch._foreach_mul_(fisher, 1.0 - alpha)
-        torch._foreach_addcmul_(fisher, grads, grads, value=alpha)
+def update_running_fisher(strategy, grads: list[torch.Tensor]) -> None:
+    """EWC++'s running Fisher of ``strategy`` (RWalk or EWC++), in place, before its ``steps`` and
+    ``steps_in_task`` count this step. With ``fisher_every`` 1: ``F <- alpha g^2 + (1 - alpha) F`` each step,
+    the first step of all setting ``F = g^2``. With ``fisher_every`` k > 1, as A-GEM's code
+    (``fisher_update_after``): the squared gradients are summed, and every k-th step of a task
+    ``F <- alpha * sum / k + (1 - alpha) F`` from ``F = 0``; the sum is emptied then and at each task's end."""
+    every = strategy.fisher_every
+    if every == 1:
+        if strategy.steps == 0:
+            torch._foreach_copy_(strategy.fisher, grads)
+            torch._foreach_mul_(strategy.fisher, grads)
+        else:
+            torch._foreach_mul_(strategy.fisher, 1.0 - strategy.alpha)
+            torch._foreach_addcmul_(strategy.fisher, grads, grads, value=strategy.alpha)
+        return
+    torch._foreach_addcmul_(strategy.fisher_sum, grads, grads)
+    if (strategy.steps_in_task + 1) % every == 0:
+        torch._foreach_mul_(strategy.fisher, 1.0 - strategy.alpha)
+        torch._foreach_add_(strategy.fisher, strategy.fisher_sum, alpha=strategy.alpha / every)
+        torch._foreach_zero_(strategy.fisher_sum)
 
 
 def inverse_max(tensors: list[torch.Tensor]) -> torch.Tensor:
