@@ -360,7 +360,7 @@ def table_seconds(rows: list[dict]) -> int:
 def _verdict(row: Row, value: float) -> str:
     tolerance = 2 * row.published_std if row.published_std is not None else 0.01
     inside = abs(value - row.published) <= tolerance + 1e-9
-    return f"{'within' if inside else 'OUTSIDE'} {100 * tolerance:.0f} pt"
+    return f"{'within' if inside else 'OUTSIDE'} {round(100 * tolerance, 1):g} pt"
 
 
 def main() -> int:

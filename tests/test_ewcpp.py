@@ -1,4 +1,4 @@
-"""EWC++: RWalk's running Fisher alone, by hand and against RWalk itself; penalty gradient; resume."""
+"""EWC++: RWalk's running Fisher alone, by hand and against RWalk itself; penalty gradient (resume: test_rwalk)."""
 
 from __future__ import annotations
 
@@ -60,18 +60,6 @@ def test_it_remembers_better_than_fine_tuning():
     ewcpp = run(config.with_overrides({"strategy.name": "ewcpp", "strategy.lambda": 3.0}))
     assert M.forgetting(ewcpp.test_matrix) < M.forgetting(naive.test_matrix)
     assert ewcpp.history[-1]["penalty"] > 0
-
-
-def test_resume_after_a_task_gives_the_uninterrupted_result():
-    config = small_config(strategy={"name": "ewcpp", "lambda": 2.0, "alpha": 0.5},
-                          benchmark={"train_samples_per_task": 200},
-                          train={"optimizer": "adam", "lr": 0.01, "reset_optimizer": False})
-    checkpoints = {}
-    full = run(config, [lambda r: checkpoints.__setitem__(r.task, r.checkpoint())])
-    resumed = run(config, resume_from=checkpoints[2])
-    assert resumed.test_matrix == full.test_matrix
-    assert resumed.history == full.history
-    assert full.history[-1]["penalty"] > 0
 
 
 @pytest.mark.parametrize("strategy, field", [

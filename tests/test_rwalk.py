@@ -263,8 +263,12 @@ def test_state_dict_round_trip_continues_exactly_with_new_lambda():
     assert float(stronger.penalty(toy).detach()) == pytest.approx(10 * float(rwalk.penalty(toy).detach()))
 
 
-def test_resume_after_a_task_gives_the_uninterrupted_result():
-    config = small_config(strategy={"name": "rwalk", "lambda": 2.0, "alpha": 0.5, "delta_t": 4},
+@pytest.mark.parametrize("strategy", [{"name": "rwalk", "lambda": 2.0, "alpha": 0.5, "delta_t": 4},
+                                      {"name": "rwalk", "lambda": 2.0, "alpha": 0.5, "delta_t": 4, "fisher_every": 3},
+                                      {"name": "ewcpp", "lambda": 2.0, "alpha": 0.5, "fisher_every": 3}],
+                         ids=["rwalk", "rwalk_window", "ewcpp_window"])
+def test_resume_after_a_task_gives_the_uninterrupted_result(strategy):
+    config = small_config(strategy=strategy,
                           benchmark={"train_samples_per_task": 200},
                           model={"name": "mlp", "hidden_sizes": [16], "dropout": 0.2},
                           train={"optimizer": "adam", "lr": 0.01, "reset_optimizer": False})
