@@ -149,8 +149,8 @@ def _sweep_best(data: dict, storage: Path, overrides: dict) -> tuple[dict, dict]
         raise RuntimeError(f"sweep {spec.name}: no trial completed; see {folder}")
     values = {k: v for k, v in state.trial_config(best).flat().items() if k in spec.search}
     seconds = state.wall_seconds or time.perf_counter() - started  # a kept sweep's: the run that ended it
-    cost = {"name": spec.name, "selection": spec.protocol_description, "trials": len(state.trials), "task_trainings": state.cost()["task_trainings"],
-            "clcore_seconds": round(state.cost()["clcore_seconds"]), "seconds": round(seconds),
+    cost = {"name": spec.name, "selection": spec.protocol_description, "trials": len(state.trials),
+            "task_trainings": state.cost()["task_trainings"], "clcore_seconds": round(state.cost()["clcore_seconds"]), "seconds": round(seconds),
             "best_val_average_accuracy": round(best.last[spec.objective.metric], 4),
             "outcomes": {str(getattr(k, "value", k)): n for k, n in state.counts().items()}}
     return values, cost
@@ -237,11 +237,11 @@ def realistic_only(name: str, seeds: list[int], storage: Path, fixed: dict, tria
 def realistic_sweep(name: str) -> dict:
     """Row ``name``'s sweep file under its realistic protocol, named as `clsweep compare` names it
     (``<name>-prefix2``); the search, budget and everything else as the file has them."""
-    from sweeps.compare import _slug, protocol_section
+    from sweeps.compare import protocol_section, protocol_sweep_name
 
     token = ROWS[name].realistic
     sweep = yaml.safe_load((ROOT / "search_spaces" / f"{name}.yaml").read_text())
-    return {**sweep, "name": f"{sweep['name']}-{_slug(token)}", "protocol": protocol_section(token, seeds=1)}
+    return {**sweep, "name": protocol_sweep_name(sweep["name"], token), "protocol": protocol_section(token, seeds=1)}
 
 
 def measure_realistic(name: str, seeds: list[int], storage: Path, fixed: dict, trials: Optional[int] = None,
@@ -345,16 +345,13 @@ def page(rows: list[dict]) -> str:
 
 
 def table_seconds(rows: list[dict]) -> int:
-    """Seconds every measured row took, each sweep counted once (a naive sweep the EWC and online EWC rows
-    of one protocol share is run once; a row measured before sweeps were named counts its own)."""
-    sweeps = {}
-    total = 0
-    for r in rows:
-        total += sum(r[key]["seconds"] for key in ("reproduced", "tuned", "realistic", "naive_tuned") if key in r)
-        for key in ("sweep", "realistic_sweep", "naive_sweep"):
-            if key in r:
-                sweeps[r[key].get("name", (r["name"], key))] = r[key]["seconds"]
-    return total + sum(sweeps.values())
+    """Seconds every measured row took, each sweep counted once by its name (a naive sweep the EWC and
+    online EWC rows of one protocol share is run once)."""
+    runs = sum(r[key]["seconds"] for r in rows for key in ("reproduced", "tuned", "realistic", "naive_tuned")
+               if key in r)
+    sweeps = {r[key]["name"]: r[key]["seconds"] for r in rows for key in ("sweep", "realistic_sweep", "naive_sweep")
+              if key in r}
+    return runs + sum(sweeps.values())
 
 
 def _verdict(row: Row, value: float) -> str:

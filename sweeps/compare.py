@@ -63,12 +63,17 @@ def plan(path: str | Path, tokens: list[str], seeds: int, overrides: Optional[li
     for token in tokens:
         section = protocol_section(token, seeds)
         try:
-            spec = load_spec(path, [*(overrides or []), f"name={name}-{_slug(token)}",
+            spec = load_spec(path, [*(overrides or []), f"name={protocol_sweep_name(name, token)}",
                                     f"protocol={json.dumps(section)}"])
         except ConfigError as error:
             raise ConfigError("--protocols", f"{token}: {error}") from None
         out.append((token, spec))
     return out
+
+
+def protocol_sweep_name(name: str, token: str) -> str:
+    """The name of sweep ``name`` run under protocol ``token``: ``quickstart-prefix2rest``."""
+    return f"{name}-{_slug(token)}"
 
 
 def _slug(token: str) -> str:
