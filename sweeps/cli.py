@@ -13,19 +13,30 @@
 ``run`` validates the sweep file (with the overrides) before Ray starts, then runs it on a local
 Ray instance, or on the cluster at ``--address`` / ``$RAY_ADDRESS`` (``ray job submit --
 clsweep run ...`` works too). PATH is a sweep's storage folder, ``<storage.path>/<name>``.
-Exit status: 0 done, 1 the sweep ended with no complete trial, 2 bad input.
+Exit status (``run``, ``resume``): 0 done, 1 the sweep ended with no complete trial, 2 bad input,
+3 done but a trial was lost to infrastructure (a node or worker went away; ``resume
+--resume-errored`` continues it, ``--restart-errored`` reruns it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from clcore.config import ConfigError, ExperimentConfig, parse_override
 
 # Imports of torch, Ray and MLflow happen inside the commands that need them, so `clsweep --help`,
 # `clsweep run --dry-run` and `clsweep status` start in well under a second (benchmarks/cli_startup.py).
+
+
+EXIT_NO_TRIAL, EXIT_BAD_INPUT, EXIT_LOST = 1, 2, 3
+
+
+def sweep_exit_status(state) -> int:
+    """``run``'s and ``resume``'s exit status for the sweep ``state`` they leave (the module docstring)."""
+    return EXIT_NO_TRIAL if state.best() is None else EXIT_LOST if state.lost() else 0
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -73,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     state = run_sweep(spec, address=args.address, num_cpus=args.num_cpus, tracking=_tracking(args))
     print(format_summary(state))
-    return 0 if state.best() is not None else 1
+    return sweep_exit_status(state)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -83,7 +94,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     state = resume_sweep(args.path, address=args.address, num_cpus=args.num_cpus, errored=errored,
                          tracking=_tracking(args))
     print(format_summary(state))
-    return 0 if state.best() is not None else 1
+    return sweep_exit_status(state)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -131,7 +142,7 @@ def cmd_best(args: argparse.Namespace) -> int:
         best = best_run(args.sweep, args.metric, args.tracking_uri, args.mode)
     except SweepNotFoundError as error:
         print(f"clsweep best: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     data = best.config.to_dict()
     text = best.config.to_yaml() if args.format == "yaml" else json.dumps(data, indent=2) + "\n"
     if args.out:
@@ -154,7 +165,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     except TrackingUnavailableError as error:
         print(f"clsweep sync: error: {error}; nothing was uploaded, the results stay in {args.path}",
               file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(report.describe())
     return 0
 
@@ -167,7 +178,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
         print(f"clsweep ui: {uri} is a tracking server already: open it in a browser", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(args.port), "--workers", "1"]
     if sqlite_path(uri) is not None:
@@ -220,7 +231,7 @@ def format_trials(state) -> str:
                      *(_short(t.params.get(k)) for k in keys)])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    lines += [f"{t.trial_id}: {t.error}" for t in state.trials if t.error]
+    lines += [f"{t.trial_id} ({t.cause or 'cause not recorded'}): {t.error}" for t in state.trials if t.error]
     lines += [f"{t.trial_id}: rejected: {t.broken}" for t in state.trials if t.outcome == Outcome.REJECTED]
     return "\n".join(lines)
 
@@ -235,7 +246,13 @@ def format_summary(state, table: bool = True) -> str:
     lines = ["", f"sweep {spec.name}: {len(state.trials)} trials{wall} ({counts})"]
     failed = [t for t in state.trials if t.outcome == Outcome.FAILED]
     if table and failed:
-        lines += ["failed trials:"] + [f"  {t.trial_id}: {t.error}" for t in failed]
+        lines += ["failed trials:"] + [f"  {t.trial_id} ({t.cause or 'cause not recorded'}): {t.error}"
+                                       for t in failed]
+    lost = state.lost()
+    if lost:
+        lines.append(f"{len(lost)} trials lost to infrastructure (a node or worker went away), not to their own "
+                     f"training: clsweep resume {state.path} --resume-errored continues them from their last "
+                     f"checkpoint, --restart-errored reruns them from scratch")
     best = state.best()
     rejected = sum(t.outcome == Outcome.REJECTED for t in state.trials)
     lines += _reference(state.reference)
@@ -375,8 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="the sweep's storage folder, <storage.path>/<name>")
     errored = p.add_mutually_exclusive_group()
     errored.add_argument("--resume-errored", action="store_true",
-                         help="retry failed trials from their last task checkpoint")
-    errored.add_argument("--restart-errored", action="store_true", help="retry failed trials from scratch")
+                         help="continue the trials lost to infrastructure (a node or worker went away) from their "
+                              "last task checkpoint; a trial whose own training failed stays failed")
+    errored.add_argument("--restart-errored", action="store_true",
+                         help="rerun the trials lost to infrastructure from scratch (same trial and seed: the "
+                              "same numbers as continuing them, in more time)")
     _ray_arguments(p)
     _tracking_argument(p, "the store the sweep used, else as for run; giving it turns MLflow tracking on")
     p.set_defaults(func=cmd_resume)
@@ -447,17 +467,24 @@ def _stop_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``clsweep`` program (``argv`` None: ``sys.argv``). Called with ``argv`` from Python (a test,
+    a notebook), it leaves Ray's authentication mode to the caller's environment: the program alone,
+    in a process of its own, chooses token mode for a local Ray, before Ray is first imported (Ray
+    keeps the mode it read first)."""
+    program = argv is None
     args = build_parser().parse_args(argv)
     from sweeps import environment
 
     environment.set_for_this_process()  # the program's own environment: Ray's and MLflow's settings
     if args.command in ("run", "resume", "compare") and not getattr(args, "dry_run", False):
         _stop_on_sigterm()
+        if program and not (args.address or os.environ.get("RAY_ADDRESS")):  # a local Ray will start
+            environment.require_token_for_local_ray()
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, FileExistsError) as error:
         print(f"clsweep {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except RuntimeError as error:
         train = sys.modules.get("clcore.train")  # a diverged run has imported it
         if train is None or not isinstance(error, train.TrainingDivergedError):

@@ -11,6 +11,7 @@ Ray that driver starts inherit them; those of a cluster it joins get them throug
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Mapping
 
 DEFAULTS = {
@@ -44,4 +45,18 @@ def set_for_this_process() -> None:
     os.environ.update(missing())
 
 
-__all__ = ["DEFAULTS", "missing", "for_workers", "set_for_this_process"]
+def require_token_for_local_ray() -> None:
+    """Token authentication for the local Ray instance this process is about to start, where the
+    user has not chosen a mode (``RAY_AUTH_MODE`` unset): Ray 2.60 binds its GCS server and raylet to
+    every interface whatever the node address (docs/cluster.md, "Ports of a local instance"), and
+    without a token whoever reaches a port can run code there. The token is made for this process
+    (``RAY_AUTH_TOKEN``, which Ray reads before ``~/.ray/auth_token``; no file is written) unless one
+    is set; the instance's processes inherit it. Call it before Ray is first started in the process:
+    Ray keeps the mode it read first."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
+
+__all__ = ["DEFAULTS", "missing", "for_workers", "set_for_this_process", "require_token_for_local_ray"]

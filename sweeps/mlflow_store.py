@@ -40,6 +40,7 @@ SWEEP_ID_TAG = "clsweep.sweep_id"
 TRIAL_ID_TAG = "clsweep.trial_id"
 STATUS_TAG = "clsweep.status"
 FAILURE_TAG = "clsweep.failure_reason"
+FAILURE_CAUSE_TAG = "clsweep.failure_cause"  # a failed trial's: training or infrastructure (sweeps.storage)
 REJECTED_TAG = "clsweep.rejected_because"  # the objective's requirement a rejected trial broke, and when
 TASKS_SEEN_TAG = "clsweep.tasks_seen"
 BEST_TRIAL_TAG = "clsweep.best_trial_id"

@@ -12,6 +12,11 @@ installed Ray still has what they use and fails naming this module when an upgra
   it would restore them from, read from the snapshot's JSON (the checkpoint manager is a pickle in
   it, searched as bytes, never unpickled), so that a resume can put back a folder Ray deleted after
   its last snapshot (it keeps ``num_to_keep`` checkpoints, and forces a snapshot only after that many).
+- `started_here`: whether this process started the Ray it is connected to (a local instance) or
+  joined a cluster, from the driver's node object; actors are reused on a local instance only.
+- `skip_on_restore`: Ray's restore retries every failed trial or none (``resume_errored``,
+  ``restart_errored``); a trial whose own training failed would fail the same way again, so the
+  snapshot is edited to show it finished (its JSON state's ``status``), and Ray's restore passes it by.
 - The schedulers (`Asha`, `HyperBand`, `Median`, `Pbt`, `Fifo`): Ray's, with `Recorded` mixed in, which
   (1) keeps the Tune controller that hands it trials, so that `snapshot_before_training` can make Ray
   write its experiment snapshot (trials, searcher state) before a trial trains: every trial that
@@ -124,6 +129,35 @@ def snapshot_checkpoints(experiment_dir: Path) -> Optional[dict[str, set[str]]]:
     return trials
 
 
+def started_here() -> bool:
+    """Whether this process started the Ray instance it is connected to (``ray.init`` of a local
+    instance: this process holds its head node) rather than joined a cluster (private:
+    ``ray._private.worker._global_node.head``)."""
+    import ray._private.worker as worker
+
+    node = getattr(worker, "_global_node", None)
+    return bool(node is not None and node.head)
+
+
+def skip_on_restore(experiment_dir: Path, trial_ids: set[str]) -> None:
+    """Have Ray's restore from ``experiment_dir``'s newest experiment snapshot pass by the trials
+    ``trial_ids``, as it passes by the finished ones, whatever it is told to do with failed trials
+    (private: ``experiment_state-<time>.json``'s ``trial_data``, each trial's JSON state with its
+    ``status``). The sweep's own ledger still holds how they ended."""
+    files = sorted(Path(experiment_dir).glob("experiment_state-*.json"))
+    if not files or not trial_ids:
+        return
+    snapshot = json.loads(files[-1].read_text())
+    for row in snapshot["trial_data"]:
+        state = json.loads(row[0])
+        if state["trial_id"] in trial_ids:
+            state["status"] = "TERMINATED"
+            row[0] = json.dumps(state, indent=2)
+    written = files[-1].with_suffix(".tmp")
+    written.write_text(json.dumps(snapshot))
+    written.replace(files[-1])
+
+
 def snapshot_before_training(tuner: tune.Tuner) -> tune.Callback:
     """A driver callback that has Ray write its experiment snapshot when a trial starts, before its
     training is called (Ray calls ``on_trial_start`` right before it; a reused actor too), through
@@ -140,4 +174,4 @@ def snapshot_before_training(tuner: tune.Tuner) -> tune.Callback:
 
 
 __all__ = ["WRITTEN_FOR", "attach_callbacks", "BestOfCompleteReporter", "Recorded", "Asha", "Median", "HyperBand", "Pbt",
-           "Fifo", "snapshot_before_training", "snapshot_checkpoints"]
+           "Fifo", "started_here", "skip_on_restore", "snapshot_before_training", "snapshot_checkpoints"]

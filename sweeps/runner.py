@@ -32,6 +32,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -50,7 +51,8 @@ from sweeps.spec import (OBJECTIVE_ATTR, Algorithm, EndOfTraining, Fifo, Objecti
                          SweepSpec, Values)
 from sweeps.storage import (BEST_CONFIG_FILE, CHECKPOINT_DIRS, ERROR, EVALUATION_DIR, EVALUATION_OF, FAILURE_FILE,
                             FINALIST_OF, FINALISTS_DIR,
-                            REFERENCE_DIR, REFERENCE_FILE, SPEC_FILE, SUMMARY_FILE, TERMINATED, TIME_ATTR, Outcome,
+                            INFRASTRUCTURE, REFERENCE_DIR, REFERENCE_FILE, SPEC_FILE, SUMMARY_FILE, TERMINATED,
+                            TIME_ATTR, TRAINING, Outcome,
                             SweepState, TrialLedger, TrialRecord, as_reference, load_sweep, read_reference,
                             reference_from, trial_dirname)
 from sweeps.trainable import TrialLoggerFactory, run_trial
@@ -143,6 +145,22 @@ def trials_that_fit(total: dict[str, float], cpu: float, gpu: float) -> tuple[in
     return max(1, int(fits[kind] + 1e-9)), kind
 
 
+# Whether a trial's Ray actor goes to the next trial when it ends: on a local instance this driver
+# started, yes; on a cluster it joined, no. Reuse saves each trial its worker's start (the quickstart
+# sweep: 71 s with reuse, 148 s without, 2.1x; benchmarks/actor_reuse.py), but Tune hands a cached
+# actor out without asking whether its node is still there, and a new trial that fails its reset on
+# a lost node's actor is failed at once, whatever ``max_failures`` says (Ray 2.60's controller
+# retries no trial that has not started; docs/cluster.md, "Lost nodes and failed trials"). A local
+# instance's one node is the driver's own machine.
+# None: that rule; True or False: always (benchmarks/actor_reuse.py sets it).
+REUSE_ACTORS: Optional[bool] = None
+
+
+def reuse_actors() -> bool:
+    """`REUSE_ACTORS`, for the Ray this process is connected to."""
+    return ray_private.started_here() if REUSE_ACTORS is None else REUSE_ACTORS
+
+
 def _new_tuner(spec: SweepSpec, path: Path, raw, tracking: Tracking, verbose: int,
                reference: Optional[dict]) -> tune.Tuner:
     return tune.Tuner(
@@ -150,7 +168,7 @@ def _new_tuner(spec: SweepSpec, path: Path, raw, tracking: Tracking, verbose: in
         param_space=space.param_space(spec),
         tune_config=tune.TuneConfig(metric=OBJECTIVE_ATTR, mode=spec.mode,  # the objective, requirements applied
                                     search_alg=search_algorithm(spec), scheduler=scheduler(spec),
-                                    num_samples=spec.algorithm.num_samples, reuse_actors=True,
+                                    num_samples=spec.algorithm.num_samples, reuse_actors=reuse_actors(),
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=str(path.parent), verbose=verbose,
@@ -165,7 +183,8 @@ def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: O
 
     Finished trials are kept as they are; unfinished ones continue from their last task
     checkpoint; the search algorithm continues where it stopped. ``errored``: ``keep`` leaves
-    failed trials failed, ``resume`` retries them from their last checkpoint, ``restart`` from scratch.
+    failed trials failed; ``resume`` retries those lost to infrastructure (`TrialRecord.lost`) from their
+    last checkpoint, ``restart`` from scratch. A trial whose own training failed stays failed.
     A sweep stopped before its search began (while its reference trained) begins it now.
     """
     if errored not in ("keep", "resume", "restart"):
@@ -177,13 +196,15 @@ def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: O
                                 f"folder `clsweep run` printed (<storage.path>/<name>)")
     state = load_sweep(path)
     spec = _stored_at(state.spec, path)  # the folder may have moved
-    if errored != "keep":  # the user asks for failed trials again: forget that they failed, and for
-        for trial in state.trials:  # a restart, where they had got to
-            if trial.status == "ERROR":
-                (Path(trial.path) / FAILURE_FILE).unlink(missing_ok=True)
-                for checkpoint in Path(trial.path).glob(CHECKPOINT_DIRS) if errored == "restart" else ():
-                    shutil.rmtree(checkpoint)
+    if errored != "keep":  # the user asks for the trials lost to infrastructure again: for a restart,
+        for trial in state.lost():  # forget where they had got to
+            (Path(trial.path) / FAILURE_FILE).unlink(missing_ok=True)
+            for checkpoint in Path(trial.path).glob(CHECKPOINT_DIRS) if errored == "restart" else ():
+                shutil.rmtree(checkpoint)
     if searching:
+        if errored != "keep":  # a trial whose own training failed would fail the same way: it stays failed
+            ray_private.skip_on_restore(path, {t.trial_id for t in state.trials
+                                               if t.outcome == Outcome.FAILED and not t.lost})
         _agree_with_snapshot(state, errored)
     tracking = tracking or Tracking()
     raw = load_raw(spec.example_config().benchmark)
@@ -192,9 +213,10 @@ def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: O
         reference = _train_reference(spec, path, raw, verbose=1)
         if not searching:
             return _fit(_new_tuner(spec, path, raw, tracking, 1, reference), spec, path, tracking, raw, 1, reference)
+        # a restart is a resume with no checkpoint left: the same trial, folder and MLflow run (Ray's own
+        # restart makes a new trial, and only of trials its possibly older snapshot has as failed)
         tuner = tune.Tuner.restore(str(path), _trainable(spec, raw, tracking.trial_logger(), reference),
-                                   resume_unfinished=True, resume_errored=errored == "resume",
-                                   restart_errored=errored == "restart")
+                                   resume_unfinished=True, resume_errored=errored != "keep")
         return _fit(tuner, spec, path, tracking, raw, 1, reference)
 
 
@@ -217,8 +239,6 @@ def _agree_with_snapshot(state: SweepState, errored: str) -> None:
                 ledger.trial_ended(trial.trial_id, ERROR, trial.params, 0, reason)
                 print(f"clsweep: {reason}", flush=True)
             continue
-        if trial.status == ERROR and errored == "restart":
-            continue  # Ray starts it from scratch
         folder = Path(trial.path)
         present = sorted(folder.glob(CHECKPOINT_DIRS))
         for name in sorted(listed[trial.trial_id] - {p.name for p in present}):
@@ -390,7 +410,7 @@ def _side_sweep(runs: SweepSpec, trainable, param_space: dict, verbose: int) -> 
     runs.to_yaml(folder / SPEC_FILE)
     tuner = tune.Tuner(
         trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(metric=OBJECTIVE_ATTR, mode=runs.mode, reuse_actors=True,
+        tune_config=tune.TuneConfig(metric=OBJECTIVE_ATTR, mode=runs.mode, reuse_actors=reuse_actors(),
                                     max_concurrent_trials=runs.algorithm.max_concurrent,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
@@ -460,13 +480,48 @@ class _TrialLedgerCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.ledger.trial_ended(trial.trial_id, ERROR, _jsonable(trial.config), trial.num_failures,
-                                trial_error(trial))
+                                *trial_failure(trial))
+
+
+def trial_failure(trial) -> tuple[str, str]:
+    """A failed Ray trial's error line and its cause (`failure_cause`): for a lost process, the Ray
+    exception's name and first line (Ray follows it with a paragraph of advice); else `trial_error`."""
+    error = _pickled_error(trial)
+    cause = failure_cause(error)
+    if cause == TRAINING:
+        return trial_error(trial), cause
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}", cause
+
+
+def failure_cause(error: Optional[BaseException]) -> str:
+    """`INFRASTRUCTURE` for an error Ray raised because a process or node went away (a Ray error other
+    than a task's own, also as a task error's cause: a lost actor or node, a crashed worker, Ray's
+    memory monitor, a lost object); `TRAINING` for what the trial's code raised (a diverged loss, an
+    invalid config, a bug) and for an error that could not be read back."""
+    from ray import exceptions
+
+    if isinstance(error, exceptions.RayTaskError):
+        error = error.cause
+    lost = isinstance(error, exceptions.RayError) and not isinstance(error, exceptions.RayTaskError)
+    return INFRASTRUCTURE if lost else TRAINING
+
+
+def _pickled_error(trial) -> Optional[BaseException]:
+    """The exception Ray pickled into the driver's local trial folder at the trial's last failure (Ray's
+    own file: ``Trial.handle_error`` writes it for task and actor errors), or None."""
+    import cloudpickle
+
+    try:
+        with open(trial.pickled_error_file, "rb") as f:
+            return cloudpickle.load(f)
+    except Exception:  # noqa: BLE001 - none written (another kind of error), or unreadable
+        return None
 
 
 def trial_error(trial) -> str:
-    """The last line of a failed Ray trial's latest error, from the error text Ray appends to in the
-    driver's local trial folder (its copy in storage is synced later, and can still hold an earlier
-    attempt's error)."""
+    """The last line naming an exception (``module.SomeError: message``; else the last line) of a failed
+    Ray trial's latest error, from the error text Ray appends to in the driver's local trial folder (its
+    copy in storage is synced later, and can still hold an earlier attempt's error)."""
     text = ""
     try:
         local = trial.error_file and Path(trial.error_file)
@@ -474,7 +529,8 @@ def trial_error(trial) -> str:
     except Exception:  # noqa: BLE001 - no error file
         pass
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "trial failed"
+    named = [line for line in lines if re.match(r"[\w.]*(Error|Exception)\b[^ ]*:", line)]
+    return (named or lines or ["trial failed"])[-1]
 
 
 def _jsonable(config: dict) -> dict:
@@ -552,5 +608,6 @@ class _OptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-__all__ = ["run_sweep", "resume_sweep", "load_sweep", "init_ray", "ray_session", "Tracking", "SweepState", "TrialRecord",
+__all__ = ["run_sweep", "resume_sweep", "load_sweep", "trial_failure", "failure_cause", "init_ray", "ray_session",
+           "Tracking", "SweepState", "TrialRecord",
            "SweepExistsError", "search_algorithm", "scheduler", "trials_that_fit", "SPEC_FILE", "SUMMARY_FILE", "BEST_CONFIG_FILE"]

@@ -67,6 +67,11 @@ BOUGHT = ("average_accuracy", "forgetting", "accuracy_current_task", "min_accura
 
 # Ray's trial statuses as the ledger records them.
 TERMINATED, ERROR, RUNNING, PENDING = "TERMINATED", "ERROR", "RUNNING", "PENDING"
+# Why a failed trial failed, as the ledger records it: its own training raised (a diverged loss, an
+# invalid config, a bug: the same config fails the same way again), or the machine under it went away
+# (a lost node, a killed worker process, Ray's memory monitor: it would run if tried again). A ledger
+# written before causes were recorded has none (None): it counts as infrastructure, as everything was then retried.
+TRAINING, INFRASTRUCTURE = "training", "infrastructure"
 
 
 class Outcome(str, enum.Enum):
@@ -113,6 +118,13 @@ class TrialRecord:
     num_failures: int = 0
     wall_seconds: Optional[float] = None  # on the driver: first start to end
     broken: Optional[str] = None  # the objective's first requirement it broke, and when (`Objective.broken`)
+    cause: Optional[str] = None  # a failed trial's: TRAINING or INFRASTRUCTURE (None in an older ledger)
+
+    @property
+    def lost(self) -> bool:
+        """Failed for infrastructure rather than its own training: ``clsweep resume --resume-errored``
+        continues it, ``--restart-errored`` reruns it from scratch."""
+        return self.outcome == Outcome.FAILED and self.cause != TRAINING
 
     @property
     def last(self) -> dict:
@@ -227,6 +239,10 @@ class SweepState:
     def trial(self, trial_id: str) -> TrialRecord:
         return next(t for t in self.trials if t.trial_id == trial_id)
 
+    def lost(self) -> list[TrialRecord]:
+        """The trials that failed for infrastructure (`TrialRecord.lost`)."""
+        return [t for t in self.trials if t.lost]
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for trial in self.trials:
@@ -252,7 +268,7 @@ class SweepState:
                            if f"{split}_{name}" in best.last}},
             "trials": [{"trial_id": t.trial_id, "status": t.status, "outcome": t.outcome, "params": t.params,
                         "tasks_seen": t.tasks_seen, "epochs_trained": t.epochs_trained,
-                        "value": t.last.get(self.spec.objective.metric), "error": t.error,
+                        "value": t.last.get(self.spec.objective.metric), "error": t.error, "cause": t.cause,
                         "wall_seconds": t.wall_seconds, "clcore_seconds": t.last.get("clcore_seconds"),
                         "broken": t.broken,
                         "node_id": t.last.get("node_id"), "path": t.path} for t in self.trials],
@@ -296,10 +312,10 @@ class TrialLedger:
         self._append({"event": "start", "trial_id": trial_id, "params": params})
 
     def trial_ended(self, trial_id: str, status: str, params: dict, num_failures: int,
-                    error: Optional[str] = None) -> None:
+                    error: Optional[str] = None, cause: Optional[str] = None) -> None:
         started = self.started.pop(trial_id, None)
         self._append({"event": "end", "trial_id": trial_id, "status": status, "params": params,
-                      "num_failures": num_failures, "error": error,
+                      "num_failures": num_failures, "error": error, "cause": cause,
                       "wall_seconds": None if started is None else time.perf_counter() - started})
 
     def _append(self, row: dict) -> None:
@@ -375,7 +391,7 @@ def load_sweep(path: str | Path, reference: Optional[dict] = None) -> SweepState
             trial_id, ended["status"] if ended else RUNNING, dict(params), history, str(folder), n_tasks,
             ended.get("error") if ended else None, int(ended.get("num_failures") or 0) if ended else 0,
             walls[-1] if walls else None, spec.objective.broken(history[-1].get("val_matrix") or [], a_star)
-            if history else None))
+            if history else None, ended.get("cause") if ended else None))
     summary = path / SUMMARY_FILE  # written by the driver when a run or resume ends
     wall = json.loads(summary.read_text()).get("wall_seconds") if summary.exists() else None
     finalists, evaluation = (load_sweep(path / folder, reference) if (path / folder / SPEC_FILE).exists() else None
@@ -412,4 +428,5 @@ def _finite(value) -> bool:
 
 __all__ = ["Outcome", "TrialRecord", "SweepState", "TrialLedger", "load_sweep", "task_history", "ledger_end", "trial_dirname", "SPEC_FILE", "TRIALS_FILE",
            "SUMMARY_FILE", "BEST_CONFIG_FILE", "TASKS_FILE", "FAILURE_FILE", "TIME_ATTR", "CHECKPOINT_DIRS", "folder_bytes",
+           "TRAINING", "INFRASTRUCTURE",
            "FINALISTS_DIR", "FINALIST_OF"]

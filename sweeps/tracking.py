@@ -80,10 +80,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from sweeps.storage import SweepState, TrialRecord
     from sweeps.spec import SweepSpec
 
-from sweeps.mlflow_store import (BEST_RUN_TAG, BEST_TRIAL_TAG, CONFIG_ARTIFACT, FAILURE_TAG, FINISHED, KIND_TAG,
-                                 EVALUATION_RANGE_TAG, METRIC_TAG, MODE_TAG, ORPHANED, PROTOCOL_TAG, REJECTED,
-                                 REJECTED_TAG,
-                                 RUNNING, STATE_FILE, STATUS_TAG,
+from sweeps.mlflow_store import (BEST_RUN_TAG, BEST_TRIAL_TAG, CONFIG_ARTIFACT, FAILURE_CAUSE_TAG, FAILURE_TAG,
+                                 FINISHED, KIND_TAG, EVALUATION_RANGE_TAG, METRIC_TAG, MODE_TAG, ORPHANED, PROTOCOL_TAG,
+                                 REJECTED, REJECTED_TAG, RUNNING, STATE_FILE, STATUS_TAG,
                                  STEP_METRIC, SWEEP_ID_TAG, Store, TASKS_SEEN_TAG, TRIAL_ID_TAG, _matrix_files,
                                  _param_value, check_reachable, experiment_url, final_metrics, log, node_tags,
                                  resolve_tracking_uri, trial_metrics, trial_run_name)
@@ -264,6 +263,8 @@ class SweepTracker:
         tags = {STATUS_TAG: status, TASKS_SEEN_TAG: trial.tasks_seen}
         if trial.error:
             tags[FAILURE_TAG] = trial.error[:5000]
+        if trial.cause:
+            tags[FAILURE_CAUSE_TAG] = trial.cause
         if trial.broken:
             tags[REJECTED_TAG] = trial.broken
         store.log_tags(run, tags)
@@ -293,13 +294,13 @@ class SweepTracker:
                 tracker.trial_ended(trial, error=None)
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                from sweeps.runner import trial_error
+                from sweeps.runner import trial_failure
 
-                tracker.trial_ended(trial, error=trial_error(trial))
+                tracker.trial_ended(trial, *trial_failure(trial))
 
         return MLflowTrialRuns()
 
-    def trial_ended(self, trial, error: Optional[str]) -> None:
+    def trial_ended(self, trial, error: Optional[str], cause: Optional[str] = None) -> None:
         """Close the run of a Ray trial from its last result (its steps are the worker's or `upload`'s job)."""
         if not self.online:
             return
@@ -308,7 +309,7 @@ class SweepTracker:
         try:
             record = TrialRecord(trial.trial_id, ERROR if error else TERMINATED, dict(trial.config),
                                  [trial.last_result] if trial.last_result else [], str(trial.path),
-                                 self.spec.n_tasks, error)
+                                 self.spec.n_tasks, error, cause=cause)
             config = self.spec.trial_config(record.params)
             run = self.store.find_run({SWEEP_ID_TAG: self.identity.sweep_id, TRIAL_ID_TAG: trial.trial_id})
             self.close_trial(record, config, run or open_trial_run(

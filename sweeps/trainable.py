@@ -122,9 +122,10 @@ def _checkpoint_to_continue(given, folder: Path, trial_id: str) -> Optional[dict
     """Ray's checkpoint, or this trial's newest in ``folder`` when Ray's is its own and older (see above)."""
     saved = None
     if given is not None:
-        with given.as_directory() as path:
-            saved = torch.load(Path(path) / CHECKPOINT_FILE, weights_only=True)
-        if saved["trial_id"] != trial_id:
+        with given.as_directory() as path:  # empty: put back by a resume, for a trial restarted from scratch
+            file = Path(path) / CHECKPOINT_FILE
+            saved = torch.load(file, weights_only=True) if file.exists() else None
+        if saved is not None and saved["trial_id"] != trial_id:
             return saved  # another trial's: PBT's choice
     reached = saved["clcore"]["next_task"] if saved else 0
     for file in sorted(folder.glob(f"{CHECKPOINT_DIRS}/{CHECKPOINT_FILE}"), reverse=True):

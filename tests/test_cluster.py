@@ -10,6 +10,9 @@ here, else on SQLite). Then:
 - the second node lost mid-sweep (its raylet SIGKILLed): the sweep still finishes, the lost
   trials are retried from their last task checkpoint, MLflow has one run per trial, each task once,
   and the retried trial's run names both nodes it ran on;
+- the second node lost between two trials (right after its trial ended): no trial fails for it;
+
+Ray's health checks keep their defaults (docs/cluster.md, "Lost nodes"), as a user's cluster has them.
 - one trial's worker process SIGKILLed: only that trial is retried, the same checks;
 - a sweep on a local Ray tracked to ``mlflow server`` on PostgreSQL: parent and nested runs;
 - a sweep submitted with ``ray job submit --working-dir . -- clsweep run ...`` to a head with its
@@ -49,9 +52,6 @@ RAY = str(BIN / "ray")
 CLSWEEP = str(BIN / "clsweep")
 POSTGRES_SCRIPT = ROOT / "scripts" / "postgres.sh"
 N_TASKS = 5
-# Short health checks, so that the head declares a lost node dead in seconds (default: ~30 s).
-SYSTEM_CONFIG = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
-                 "health_check_timeout_ms": 1000}
 
 
 # ------------------------------------------------------------------------------ processes
@@ -147,8 +147,7 @@ class Cluster:
                 f"--metrics-export-port={free_port()}", "--disable-usage-stats"]
 
     def start(self) -> "Cluster":
-        self.head = self._start("head", [*self._head_args(), "--include-dashboard=false",
-                                         f"--system-config={json.dumps(SYSTEM_CONFIG)}", *self._node_args()])
+        self.head = self._start("head", [*self._head_args(), "--include-dashboard=false", *self._node_args()])
         self.wait_nodes(1)
         self.worker = self._start("node2", [f"--address={self.address}",
                                             '--resources={"node2": 1}', *self._node_args()])
@@ -453,6 +452,60 @@ def test_sweep_survives_the_loss_of_a_node(cluster, tracking_server, tmp_path):
     for trial in state.trials:
         if trial.trial_id != victim:
             check_not_retried(trial)
+
+
+def ended_on(node_id_of, sweep_dir: Path, n_trials: int) -> str | None:
+    """A trial the sweep's ledger has ended (stopped early or complete) whose last task ran on the node
+    ``node_id_of`` names, while the search still has trials to start (of ``n_trials``): its id, or None."""
+    ledger = sweep_dir / "trials.jsonl"
+    rows = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()] if ledger.exists() else []
+    started = {r["trial_id"] for r in rows if r["event"] == "start"}
+    for row in rows:
+        if row["event"] == "end" and row["status"] == "TERMINATED":
+            history = task_rows(sweep_dir / f"trial_{row['trial_id']}")
+            if history and history[-1]["node_id"] == node_id_of and len(started) < n_trials:
+                return row["trial_id"]
+    return None
+
+
+def test_node_lost_between_trials_fails_no_trial(cluster, tracking_server, tmp_path):
+    """The second node lost right after its trial ended (ASHA stopped it or it completed) and before
+    the next trial starts there, with Ray's default health checks: no trial fails for it, each trial
+    runs once, and MLflow has one run per trial."""
+    server, _ = tracking_server
+    n_trials = 6
+    spec = write_spec(tmp_path, "lost_between", epochs=10,
+                      search={"strategy.lambda": {"dist": "loguniform", "low": 0.01, "high": 10.0}},  # none diverges
+                      algorithm={"name": "random", "num_samples": n_trials, "max_concurrent": 2, "seed": 0},
+                      scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
+    log = tmp_path / "sweep.log"
+    sweep_dir = tmp_path / "ray_results" / "lost_between"
+    driver = start_sweep(spec, sweep_env(cluster, server), cluster.address, log)
+    try:
+        node2 = wait_for(lambda: next((rows[0]["node_id"] for t in sweep_dir.glob("trial_*")
+                                       if (rows := task_rows(t)) and trial_pids(sweep_dir).get(t.name[6:])
+                                       in cluster.worker.processes()), None),
+                         driver, log, "a trial on node2")
+        ended = wait_for(lambda: ended_on(node2, sweep_dir, n_trials), driver, log, "a trial on node2 ended")
+        raylet = cluster.worker.pid_of("raylet")
+        assert raylet is not None
+        os.kill(raylet, signal.SIGKILL)
+        time.sleep(1)
+        cluster.worker.stop()
+        finish(driver, log, timeout=300)
+    finally:
+        _kill_group(driver)
+
+    from sweeps.runner import load_sweep
+
+    state = load_sweep(sweep_dir)
+    assert len(state.trials) == n_trials
+    counts = state.counts()
+    assert set(counts) <= {"complete", "stopped early"}, \
+        (counts, ended, [(t.trial_id, t.outcome, t.error, t.num_failures) for t in state.trials])
+    for trial in state.trials:  # each task once, from task 1 (a retry goes on from its checkpoint)
+        assert [r["tasks_seen"] for r in trial.history] == list(range(1, trial.tasks_seen + 1))
+    check_sweep_in_mlflow(server.url, sweep_dir)
 
 
 def test_killed_trial_worker_retries_only_that_trial(cluster, tracking_server, tmp_path):

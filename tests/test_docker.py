@@ -396,6 +396,27 @@ def test_kuberay_job_targets_the_cluster():
     assert _option(entrypoint, "--set") == "storage.path=/home/ray/ray_results"
 
 
+def test_kuberay_cluster_asks_for_a_token_and_admits_only_its_pods_and_the_operator():
+    cluster = _kuberay("RayCluster")
+    assert cluster["spec"]["authOptions"] == {"mode": "token"}
+    policy = _kuberay("NetworkPolicy")
+    own = {"ray.io/cluster": cluster["metadata"]["name"]}  # the label KubeRay puts on the cluster's pods
+    assert policy["spec"]["podSelector"] == {"matchLabels": own}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = policy["spec"]["ingress"]
+    assert all(rule.get("from") for rule in rules), "a rule without `from` admits every source"
+    for rule in rules:
+        for source in rule["from"]:
+            assert "ipBlock" not in source
+            if source.get("podSelector") == {"matchLabels": own} and "namespaceSelector" not in source:
+                continue  # the cluster's own pods, any port
+            assert source["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}, source
+            head_ports = {p["containerPort"]: p["name"] for p in
+                          cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]}
+            assert [(p["port"], p["protocol"]) for p in rule["ports"]] == [(8265, "TCP")]
+            assert head_ports[8265] == "dashboard"  # the job API the operator posts RayJobs to
+
+
 def test_documented_token_command_writes_the_token_once(tmp_path):
     """docs/cluster.md's first by-hand Ray step writes ``~/.ray/auth_token`` when there is none and
     keeps it after that (the cluster tests pass their tokens through ``RAY_AUTH_TOKEN`` instead)."""

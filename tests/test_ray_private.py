@@ -88,6 +88,28 @@ def test_the_recorded_scheduler_snapshots_before_training_and_the_snapshot_names
     assert "_controller" not in scheduler.__getstate__()  # never pickled into tuner.pkl
 
 
+def test_started_here_tells_a_local_instance_from_a_joined_cluster():
+    """True in the process that started a local Ray; False in a driver that joined it (a cluster)."""
+    import subprocess
+    import sys
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=1, include_dashboard=False)
+    try:
+        assert ray_private.started_here() is started, f"{MOVED}: ray._private.worker._global_node.head"
+        address = ray.get_runtime_context().gcs_address
+        join = (f"import ray; ray.init(address={address!r}); from sweeps import ray_private; "
+                f"print('started_here', ray_private.started_here())")
+        done = subprocess.run([sys.executable, "-c", join], capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert "started_here False" in done.stdout, done.stdout[-1000:] + done.stderr[-2000:]
+    finally:
+        if started:
+            ray.shutdown()
+    assert ray_private.started_here() is False  # no Ray at all
+
+
 def test_a_restored_asha_stops_a_trial_only_at_its_rungs(tmp_path):
     """Ray keeps no scheduler state in its snapshot: a fresh ASHA would judge a resumed trial at task 3,
     where there is no rung, against the rung-2 values. Refilled from the trial's record, it does not."""

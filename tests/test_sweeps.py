@@ -21,7 +21,7 @@ import yaml
 
 import clcore
 from clcore.config import ConfigError, ExperimentConfig
-from sweeps.cli import main
+from sweeps.cli import main, sweep_exit_status
 from sweeps.spec import OBJECTIVE_ATTR, SweepSpec, load_spec
 
 ray = pytest.importorskip("ray")
@@ -174,7 +174,105 @@ def test_a_diverging_or_invalid_trial_fails_alone_with_its_reason(tmp_path, loca
             continue
         assert trial.outcome == "failed" and expected in trial.error, (p, trial.error)
         assert "not retried: this failure is deterministic" in trial.error  # the one retry re-raised at once
+        assert trial.cause == "training" and not trial.lost
     assert state.best() is not None and state.best().params["train.lr"] == 0.1
+    assert state.lost() == [] and sweep_exit_status(state) == 0
+
+
+def test_a_failure_is_put_down_to_the_trials_training_or_to_a_lost_process():
+    """`failure_cause` on Ray's own exception objects, as Ray pickles them at a trial's failure."""
+    from ray import exceptions as E
+
+    from clcore.train import TrainingDivergedError
+    from sweeps.runner import failure_cause
+    from sweeps.trainable import TrialFailedError
+
+    lost = [E.ActorDiedError(), E.ActorUnavailableError("socket closed", None), E.WorkerCrashedError(),
+            E.NodeDiedError("node 1 died"), E.OutOfMemoryError("the memory monitor killed it")]
+    for error in lost:  # raised by Ray itself, or as the cause of a task's error
+        assert failure_cause(error) == "infrastructure", error
+        assert failure_cause(E.RayTaskError("train", "traceback", error)) == "infrastructure", error
+    own = [TrainingDivergedError(1, 0, 3, float("nan")), ConfigError("model.head", "does not fit"),
+           TrialFailedError("diverged before (not retried)"), ZeroDivisionError("a bug")]
+    for error in own:
+        assert failure_cause(E.RayTaskError("train", "traceback", error)) == "training", error
+    assert failure_cause(None) == "training"  # nothing Ray pickled: not counted as a lost machine
+
+
+def _kill_worker_after_first_task(sweep_dir: Path, lr: float, killed: list) -> None:
+    """SIGKILL the worker process of the trial with ``train.lr == lr`` once it has reported a task (its
+    pid from the result.json the driver writes), as the machine under it would die."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not killed:
+        for result in sweep_dir.glob("trial_*/result.json"):
+            rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+            if rows and rows[0]["config"]["train.lr"] == lr:
+                os.kill(int(rows[0]["pid"]), signal.SIGKILL)
+                killed.append(rows[0]["trial_id"])
+                return
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("flag", ["--resume-errored", "--restart-errored"])
+def test_a_trial_lost_to_infrastructure_is_told_apart_and_only_it_runs_again(tmp_path, local_ray, capsys, flag):
+    """Grid over lr with no retries (``max_failures: 0``): lr 1e12 diverges (its own training), the lr 0.05
+    trial's worker is SIGKILLed after its first task (infrastructure). The summary and exit status (3)
+    say one trial was lost; ``resume`` with ``flag`` runs exactly that one again, as the same trial
+    (``--resume-errored`` from its checkpoint, ``--restart-errored`` from scratch, reproducing its
+    numbers), never the diverged one, and the sweep then exits 0."""
+    import threading
+
+    spec = SweepSpec.from_dict(sweep(
+        tmp_path, "lost", search={"train.lr": {"dist": "grid", "values": [0.05, 0.1, 1.0e12]}},
+        algorithm={"name": "grid"}, scheduler="fifo", max_failures=0),
+        overrides=["train.epochs=8"])
+    killed: list[str] = []
+    watcher = threading.Thread(target=_kill_worker_after_first_task, args=(spec.experiment_path, 0.05, killed))
+    watcher.start()
+    state = run_sweep(spec, verbose=0)
+    watcher.join()
+    assert len(killed) == 1
+    by_lr = {t.params["train.lr"]: t for t in state.trials}
+    lost, diverged = by_lr[0.05], by_lr[1.0e12]
+    assert lost.trial_id == killed[0] and lost.outcome == "failed" and lost.cause == "infrastructure", lost
+    assert "ActorDiedError" in lost.error or "ActorUnavailableError" in lost.error, lost.error
+    assert 1 <= lost.tasks_seen < 5
+    assert diverged.outcome == "failed" and diverged.cause == "training"
+    assert state.lost() == [lost] and sweep_exit_status(state) == 3
+    from sweeps.cli import format_summary
+
+    summary = format_summary(state)
+    assert f"  {lost.trial_id} (infrastructure): " in summary and f"  {diverged.trial_id} (training): " in summary
+    assert f"1 trials lost to infrastructure (a node or worker went away), not to their own training: " \
+           f"clsweep resume {spec.experiment_path} --resume-errored" in summary
+    def attempts_of(trial):  # what a rerun would add to: its task rows, the failures Ray logged for it
+        folder = Path(trial.path)
+        rows = task_rows(trial.path) if (folder / TASKS_FILE).exists() else []
+        return rows, (folder / "error.txt").read_text().count("Failure #")
+
+    diverged_before = attempts_of(diverged)
+
+    capsys.readouterr()
+    assert main(["resume", str(spec.experiment_path), flag]) == 0
+    assert "lost to infrastructure" not in capsys.readouterr().out
+    after = load_sweep(spec.experiment_path)
+    assert after.lost() == [] and sweep_exit_status(after) == 0
+    assert attempts_of(after.trial(diverged.trial_id)) == diverged_before, "the diverged trial ran again"
+    assert [t.outcome for t in after.trials if t.params["train.lr"] == 1.0e12] == ["failed"]
+    again = [t for t in after.trials if t.params["train.lr"] == 0.05 and t.outcome == "complete"]
+    assert len(again) == 1
+    tasks = [r["tasks_seen"] for r in task_rows(again[0].path)]
+    assert again[0].trial_id == lost.trial_id  # the same trial, folder and MLflow run
+    before = list(range(1, lost.tasks_seen + 1))
+    assert tasks[:lost.tasks_seen] == before
+    if flag == "--resume-errored":  # on from its last checkpoint (the task after it, or one more)
+        assert tasks[lost.tasks_seen] in (lost.tasks_seen, lost.tasks_seen + 1) and tasks[-1] == 5, tasks
+    else:  # from task 1 again, with the numbers it had
+        assert tasks[lost.tasks_seen:] == [1, 2, 3, 4, 5], tasks
+        rows = task_rows(again[0].path)
+        assert [rows[k]["val_average_accuracy"] for k in range(lost.tasks_seen)] == \
+            [rows[lost.tasks_seen + k]["val_average_accuracy"] for k in range(lost.tasks_seen)]
+    assert {t.params["train.lr"] for t in after.trials if t.outcome == "complete"} == {0.05, 0.1}
 
 
 def test_a_trial_that_stops_learning_is_rejected_by_the_objectives_requirement(tmp_path, local_ray, capsys):
@@ -448,6 +546,36 @@ def _still_running(pids: list[int], wait: float = 30.0) -> list[int]:
     return [p for p in pids if _running(p)]
 
 
+def _check_asks_for_its_token(ray_pids: list[int], env: dict) -> None:
+    """The local Ray a ``clsweep run`` started with ``RAY_AUTH_MODE`` unset asks for a token that only its
+    own processes hold: its GCS server runs in token mode, and a client at this machine's network
+    address (the GCS listens on every interface) is refused without the token or with another one."""
+    def command(pid: int) -> list[str]:  # [] for a process that has ended since it was recorded
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except FileNotFoundError:
+            return []
+
+    gcs = next(pid for pid in ray_pids if any("gcs_server" in a for a in command(pid)[:1]))
+    raylet = next(pid for pid in ray_pids if any("raylet" in a for a in command(pid)[:1]))
+    address = next(a.split("=", 1)[1] for a in command(raylet) if a.startswith("--gcs-address="))
+    assert address.split(":")[0] == ray.util.get_node_ip_address()  # the network address, not loopback
+    environ = dict(v.split("=", 1) for v in Path(f"/proc/{gcs}/environ").read_bytes().decode().split("\0") if "=" in v)
+    assert environ.get("RAY_AUTH_MODE") == "token" and len(environ.get("RAY_AUTH_TOKEN", "")) == 64
+    # Ray's GCS client (private: ray._raylet.GcsClient) answers at once; ray.init would retry for minutes
+    ask = (f"from ray._raylet import GcsClient; GcsClient(address={address!r}).get_all_node_info(timeout=20); "
+           f"print('answered')")
+    token = environ["RAY_AUTH_TOKEN"]
+    for mode, answered in (({"RAY_AUTH_MODE": "disabled"}, False),
+                           ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}, False),
+                           ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}, True)):  # the last: it is reachable
+        client = {**{k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}, **mode}
+        done = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True, env=client, timeout=120)
+        assert ("answered" in done.stdout) == answered, (mode["RAY_AUTH_MODE"], done.stdout[-500:], done.stderr[-2000:])
+        if not answered:
+            assert "AuthenticationError" in done.stderr and "InvalidAuthToken" in done.stderr, done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_a_stopped_driver_leaves_no_ray_process_behind(tmp_path, stop):
     """The driver is stopped once a trial has reported its first task; every process of the local Ray
@@ -461,8 +589,8 @@ def test_a_stopped_driver_leaves_no_ray_process_behind(tmp_path, stop):
     spec_file.write_text(yaml.safe_dump(data))
     experiment = tmp_path / "results" / "stop"
     state_dir = tmp_path / "state"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CLSWEEP_STATE_DIR": str(state_dir)}
-    env.pop("RAY_ADDRESS", None)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env.update(PYTHONUNBUFFERED="1", CLSWEEP_STATE_DIR=str(state_dir))
     clsweep = [sys.executable, "-m", "sweeps.cli"]
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen([*clsweep, "run", str(spec_file), "--num-cpus", "2"], stdout=log,
@@ -474,6 +602,8 @@ def test_a_stopped_driver_leaves_no_ray_process_behind(tmp_path, stop):
         assert _first_report(experiment) and driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
         ray_pids = _recorded_ray_processes(state_dir, driver.pid)
         assert len(ray_pids) >= 2, "the local Ray's processes were not recorded"  # GCS and raylet at least
+        if stop == "SIGINT":
+            _check_asks_for_its_token(ray_pids, env)
         driver.send_signal(getattr(signal, stop))
         driver.wait(timeout=120)
         if stop == "SIGKILL":  # the next clsweep start (a one-trial sweep; resuming is another test's)
