@@ -244,10 +244,10 @@ def _agree_with_snapshot(state: SweepState, errored: str) -> None:
         for name in sorted(listed[trial.trial_id] - {p.name for p in present}):
             if present:
                 shutil.copytree(present[-1], folder / name)
-            else:  # an ended trial: it reports its record again and reads no checkpoint
+            else:  # an ended trial reports its record again; a restarted one starts from task 1: neither reads it
                 (folder / name).mkdir(parents=True)
             print(f"clsweep: trial {trial.trial_id}: Ray's snapshot restores it from {name}, deleted since; put back "
-                  f"{'as a copy of ' + present[-1].name if present else 'empty (the trial has ended)'}", flush=True)
+                  f"{'as a copy of ' + present[-1].name if present else 'empty (nothing to continue from)'}", flush=True)
 
 
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> Optional[Path]:
