@@ -149,8 +149,9 @@ def _sweep_best(data: dict, storage: Path, overrides: dict) -> tuple[dict, dict]
         raise RuntimeError(f"sweep {spec.name}: no trial completed; see {folder}")
     values = {k: v for k, v in state.trial_config(best).flat().items() if k in spec.search}
     seconds = state.wall_seconds or time.perf_counter() - started  # a kept sweep's: the run that ended it
+    spent = state.cost()
     cost = {"name": spec.name, "selection": spec.protocol_description, "trials": len(state.trials),
-            "task_trainings": state.cost()["task_trainings"], "clcore_seconds": round(state.cost()["clcore_seconds"]), "seconds": round(seconds),
+            "task_trainings": spent["task_trainings"], "clcore_seconds": round(spent["clcore_seconds"]), "seconds": round(seconds),
             "best_val_average_accuracy": round(best.last[spec.objective.metric], 4),
             "outcomes": {str(getattr(k, "value", k)): n for k, n in state.counts().items()}}
     return values, cost

@@ -38,7 +38,7 @@ from clcore.data import Task
 from clcore.fisher import gradients
 from clcore.params import Param, Params
 from clcore.strategies.quadratic import QuadraticRegulariser
-from clcore.strategies.rwalk import inverse_max, update_running_fisher
+from clcore.strategies.rwalk import drop_fisher_window, fisher_window, inverse_max, update_running_fisher
 
 
 class EWCpp(QuadraticRegulariser):
@@ -80,12 +80,11 @@ class EWCpp(QuadraticRegulariser):
         self.consolidated()
         self.steps_in_task = 0
         self.tasks_seen += 1
-        if self.fisher_sum:  # a window left open at the task's end is dropped
-            torch._foreach_zero_(self.fisher_sum)
+        drop_fisher_window(self)
 
     def allocate(self, params: list[nn.Parameter]) -> None:
         self.fisher = [torch.zeros_like(p) for p in params]
-        self.fisher_sum = [torch.zeros_like(p) for p in params] if self.fisher_every > 1 else []
+        self.fisher_sum = fisher_window(params, self.fisher_every)
 
 
 __all__ = ["EWCpp"]

@@ -150,13 +150,12 @@ class RWalk(QuadraticRegulariser):
         torch._foreach_zero_(self.task_score)
         self.steps_in_task = 0
         self.tasks_seen += 1
-        if self.fisher_sum:  # a window left open at the task's end is dropped
-            torch._foreach_zero_(self.fisher_sum)
+        drop_fisher_window(self)
 
     # ------------------------------------------------------------------ binding
     def allocate(self, params: list[nn.Parameter]) -> None:
         self.fisher, self.task_score, self.path_loss = ([torch.zeros_like(p) for p in params] for _ in range(3))
-        self.fisher_sum = [torch.zeros_like(p) for p in params] if self.fisher_every > 1 else []
+        self.fisher_sum = fisher_window(params, self.fisher_every)
         self.interval_start = [p.detach().clone() for p in params]
 
     def bound(self, params: list[nn.Parameter]) -> None:
@@ -208,10 +207,21 @@ def update_running_fisher(strategy, grads: list[torch.Tensor]) -> None:
         torch._foreach_zero_(strategy.fisher_sum)
 
 
+def fisher_window(params: list[nn.Parameter], every: int) -> list[torch.Tensor]:
+    """The sum of squared gradients `update_running_fisher` keeps for ``fisher_every`` > 1 (none for 1)."""
+    return [torch.zeros_like(p) for p in params] if every > 1 else []
+
+
+def drop_fisher_window(strategy) -> None:
+    """At a task's end: a running-Fisher window still open is dropped (A-GEM's code)."""
+    if strategy.fisher_sum:
+        torch._foreach_zero_(strategy.fisher_sum)
+
+
 def inverse_max(tensors: list[torch.Tensor]) -> torch.Tensor:
     """1 / max over all elements of ``tensors`` (non-negative), or 0 when that maximum is 0."""
     largest = torch.stack([t.max() for t in tensors]).max()
     return torch.where(largest > 0, largest.reciprocal(), torch.zeros_like(largest))
 
 
-__all__ = ["RWalk", "inverse_max", "update_running_fisher"]
+__all__ = ["RWalk", "drop_fisher_window", "fisher_window", "inverse_max", "update_running_fisher"]
