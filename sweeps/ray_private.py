@@ -22,8 +22,8 @@ installed Ray still has what they use and fails naming this module when an upgra
   write its experiment snapshot (trials, searcher state) before a trial trains: every trial that
   reports is then in the snapshot a resume restores, with its searcher suggestion; and (2) refills,
   from each trial's own record (``tasks.jsonl``), the state a resumed scheduler lost (Ray keeps no
-  scheduler state in its snapshot): ASHA's rung values, the median rule's results. HyperBand's
-  synchronous brackets are not refilled.
+  scheduler state in its snapshot): ASHA's rung values, the median rule's results, HyperBand's
+  brackets (each trial's written down as it joins, its halvings replayed: `HyperBand`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from typing import Optional
 
 from ray import tune
 from ray.tune import schedulers as S
+from ray.tune.experiment import Trial
 
-from sweeps.storage import task_history
+from sweeps.storage import record_bracket, recorded_brackets, task_history
 
 WRITTEN_FOR = "2.60"
 
@@ -103,7 +104,92 @@ class Median(Recorded, S.MedianStoppingRule):
 
 
 class HyperBand(Recorded, S.HyperBandScheduler):
-    pass
+    """Ray's synchronous HyperBand, whose brackets survive a resume. Ray re-adds a restored sweep's trials
+    newest result first and a finished one as live with no result, so Ray's own placement would put trials
+    in brackets not theirs and leave a bracket waiting forever on a trial that ended. Instead each trial's
+    bracket is written down as it joins (`storage.record_bracket`); a restored trial goes back into its
+    own, and before any trial runs on, each such bracket is replayed from its trials' records: every
+    halving whose milestone all its live trials had reached is made again on the results recorded there
+    (Ray's own `successive_halving`, trials in creation order as Ray added them: the same choice), a trial
+    it dropped that is still live is stopped, a trial waiting at the bracket's milestone is paused again,
+    and a bracket whose trials all wait is processed. A trial restored with no bracket written down (a
+    sweep started before they were) gets Ray's placement when live, none when it had ended.
+    (Private: ``_hyperbands``, ``_state``, ``_trial_info``, ``_create_bracket``, ``_get_r0``,
+    ``_process_bracket``, `_Bracket`'s ``_all_trials``, ``_live_trials``, ``_halves``, ``_cumul_r``,
+    ``_completed_progress``, ``is_being_processed``; the controller's ``_set_trial_status``.)"""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._recorded: Optional[dict] = None  # trial id -> (band, bracket), read at the first restored trial
+        self._unsettled: list = []  # brackets holding restored trials, replayed before a trial runs
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "_recorded": None, "_unsettled": []}
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._controller = getattr(tune_controller, "_tune_controller", tune_controller)
+        experiment_dir = Path(trial.storage.experiment_fs_path)
+        if getattr(trial.storage, "trial_dir_name", None):  # restored: a new trial has no folder yet
+            if self._recorded is None:
+                self._recorded = recorded_brackets(experiment_dir)
+            if trial.trial_id in self._recorded:
+                return self._put_back(trial, *self._recorded[trial.trial_id])
+            if trial.status in (Trial.TERMINATED, Trial.ERROR):
+                return None
+        self._settle(tune_controller)
+        S.HyperBandScheduler.on_trial_add(self, tune_controller, trial)
+        bracket, band = self._trial_info[trial]
+        record_bracket(experiment_dir, trial.trial_id, band, self._hyperbands[band].index(bracket))
+        return None
+
+    def _put_back(self, trial, band: int, index: int) -> None:
+        while len(self._hyperbands) <= band:
+            self._hyperbands.append([])
+        brackets = self._hyperbands[band]
+        while len(brackets) <= index:  # as Ray builds a band: a bracket too small to run stays None
+            s = len(brackets)
+            brackets.append(self._create_bracket(s) if self._get_r0(s) else None)
+        bracket = brackets[index]
+        bracket._all_trials.append(trial)
+        self._trial_info[trial] = bracket, band
+        if (band, index) >= (self._state["band_idx"], self._index_of_current()):
+            self._state = {"bracket": bracket, "band_idx": band}
+        if bracket not in self._unsettled:
+            self._unsettled.append(bracket)
+
+    def _index_of_current(self) -> int:
+        current = self._state["bracket"]
+        return -1 if current is None else self._hyperbands[self._state["band_idx"]].index(current)
+
+    def _settle(self, tune_controller) -> None:
+        """Replay each bracket that holds restored trials (see the class docstring), once."""
+        while self._unsettled:
+            bracket = self._unsettled.pop(0)
+            bracket._all_trials.sort(key=lambda t: t.trial_id)  # Ray's trial ids count up
+            members = bracket._all_trials
+            at = {t: {int(r[self._time_attr]): r for r in task_history(Path(t.path))} for t in members}
+            reached = {t: max(at[t], default=0) for t in members}
+            live = {t for t in members if t.status not in (Trial.TERMINATED, Trial.ERROR)}
+            going, dropped = list(members), []
+            while bracket._halves > 0 and all(reached[t] >= bracket._cumul_r for t in going if t in live):
+                milestone = bracket._cumul_r
+                bracket._live_trials = {t: at[t][milestone] for t in going if reached[t] >= milestone}
+                bracket.is_being_processed = True  # as Ray leaves it after a bracket's first halving
+                going, bad = bracket.successive_halving(self._metric, self._metric_op)
+                dropped += [t for t in bad if t in live]
+            bracket._live_trials = {t: at[t].get(reached[t]) for t in going if t in live}
+            bracket._completed_progress = sum(reached.values())
+            for trial in dropped:
+                tune_controller.stop_trial(trial)
+            for trial in bracket._live_trials:
+                if reached[trial] >= bracket._cumul_r:  # waiting for the rest of its bracket
+                    self._controller._set_trial_status(trial, Trial.PAUSED)
+            if bracket._live_trials and bracket.cur_iter_done():
+                self._process_bracket(tune_controller, bracket)
+
+    def choose_trial_to_run(self, tune_controller):
+        self._settle(tune_controller)
+        return super().choose_trial_to_run(tune_controller)
 
 
 class Pbt(Recorded, S.PopulationBasedTraining):

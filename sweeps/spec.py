@@ -298,7 +298,7 @@ class Objective(_Section):
 class Algorithm(_Section):
     name: Annotated[Literal[ALGORITHMS], Field(title="search algorithm")] = "optuna"
     num_samples: Optional[_kind(int, ge=1)] = None  # trials (grid: repeats of the grid, default 1)
-    max_concurrent: Optional[_kind(int, ge=1)] = None  # null: as many as the cluster's resources fit at the start
+    max_concurrent: Optional[_kind(int, ge=1)] = None  # null: as many as the cluster's resources fit at the start (hyperband: no cap)
     seed: Optional[Int] = 0
     sampler: Annotated[Optional[Literal[SAMPLERS]], Field(title="optuna sampler")] = None  # optuna: tpe (default)
     n_startup_trials: Optional[_kind(int, ge=1)] = None  # optuna's tpe only: random trials before TPE starts
@@ -309,6 +309,9 @@ class Scheduler(_Section):
     """A trial scheduler and its settings (tagged on ``name``); the time unit is tasks seen."""
 
     noun: ClassVar[str] = "scheduler"
+    # its trials wait, paused, at a milestone until the rest of their group reaches it: every trial is
+    # created at once (the cluster's resources bound how many run), since a cap on trials counts the paused
+    synchronous: ClassVar[bool] = False
 
     @classmethod
     def unknown(cls, tag):
@@ -339,6 +342,7 @@ class Asha(Scheduler):
 
 class HyperBand(Scheduler):
     name: Literal["hyperband"]
+    synchronous: ClassVar[bool] = True  # a bracket halves when all its trials reached its milestone
     reduction_factor: _kind(float, gt=1) = 3.0
 
 
@@ -1129,6 +1133,12 @@ class _Rules:
         if grace_period is not None and grace_period > n_tasks:
             raise self.error("scheduler.grace_period", f"got {grace_period}",
                              f"tasks seen, 1..{n_tasks} (benchmark.n_tasks)")
+        if s.synchronous and algorithm.max_concurrent is not None:
+            raise self.error("algorithm.max_concurrent", f"got {algorithm.max_concurrent}; {s.name}'s trials wait, "
+                                                         f"paused, at each milestone for the rest of their bracket, and "
+                                                         f"a cap on trials counts the paused ones, so brackets would "
+                                                         f"be cut to the cap (the cluster's resources already bound "
+                                                         f"how many trials run)", f"null with scheduler {s.name}")
         if isinstance(s, Pbt):
             self.pbt(s, search, algorithm, n_tasks)
 

@@ -7,6 +7,8 @@ record, in JSON only:
     sweep.yaml          the validated spec, overrides applied (written before Ray starts)
     trials.jsonl        the driver's ledger, one line per event: a trial started (its searched values),
                         or ended (Ray's status, error line, failures, wall time from its first start)
+    brackets.jsonl      with ``scheduler: hyperband``: each trial's bracket (band, bracket index) as it
+                        joined, what a resumed HyperBand puts it back into (Ray keeps no scheduler state)
     trial_<id>/tasks.jsonl  written by the trial itself, one line per task (metrics, accuracy
                         matrices, node, the trial's config at that task)
     trial_<id>/checkpoint_*/  Ray's task checkpoints: the newest (``storage.checkpoints_to_keep``,
@@ -51,6 +53,7 @@ SUMMARY_FILE = "summary.json"
 BEST_CONFIG_FILE = "best_config.yaml"
 TASKS_FILE = "tasks.jsonl"  # in each trial's folder: one line per reported task
 FAILURE_FILE = "clsweep_failure.json"  # in a trial's folder; written by a deterministic failure
+BRACKETS_FILE = "brackets.jsonl"  # HyperBand's bracket of each trial (`record_bracket`)
 TIME_ATTR = "tasks_seen"  # the schedulers' time axis
 CHECKPOINT_DIRS = "checkpoint_*"  # Ray's checkpoint folders in a trial's folder
 FINALISTS_DIR = "finalists"  # in the sweep's folder: the finalists' runs on fresh seeds, a sweep folder itself
@@ -331,6 +334,17 @@ def ledger_end(experiment_dir: str | Path, trial_id: str) -> Optional[str]:
     return ends[-1] if ends else None
 
 
+def record_bracket(experiment_dir: str | Path, trial_id: str, band: int, bracket: int) -> None:
+    """Write down that ``trial_id`` joined HyperBand bracket ``bracket`` of band ``band``."""
+    with (Path(experiment_dir) / BRACKETS_FILE).open("a") as f:
+        f.write(json.dumps({"trial_id": trial_id, "band": band, "bracket": bracket}) + "\n")
+
+
+def recorded_brackets(experiment_dir: str | Path) -> dict[str, tuple[int, int]]:
+    """``{trial id: (band, bracket)}`` as `record_bracket` wrote them."""
+    return {r["trial_id"]: (r["band"], r["bracket"]) for r in _json_lines(Path(experiment_dir) / BRACKETS_FILE)}
+
+
 # ------------------------------------------------------------------------------ reading storage
 def reference_from(runs: SweepState) -> dict:
     """``reference.json`` from the reference runs: per task k, the complete run with the best
@@ -427,6 +441,7 @@ def _finite(value) -> bool:
 
 
 __all__ = ["Outcome", "TrialRecord", "SweepState", "TrialLedger", "load_sweep", "task_history", "ledger_end", "trial_dirname", "SPEC_FILE", "TRIALS_FILE",
+           "BRACKETS_FILE", "record_bracket", "recorded_brackets",
            "SUMMARY_FILE", "BEST_CONFIG_FILE", "TASKS_FILE", "FAILURE_FILE", "TIME_ATTR", "CHECKPOINT_DIRS", "folder_bytes",
            "TRAINING", "INFRASTRUCTURE",
            "FINALISTS_DIR", "FINALIST_OF"]

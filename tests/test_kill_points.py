@@ -26,6 +26,7 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
+from sweeps.spec import OBJECTIVE_ATTR  # noqa: E402
 from sweeps.storage import CHECKPOINT_DIRS, SUMMARY_FILE, TASKS_FILE, TRIALS_FILE, load_sweep  # noqa: E402
 
 N_TRIALS, N_TASKS, RUNGS = 6, 5, (2, 4)  # ASHA: grace 2, reduction 2, max_t 5
@@ -197,3 +198,64 @@ def test_a_driver_killed_at_four_points_and_resumed_runs_every_trial_once(tmp_pa
 
     assert [p for p in ray_pids if _running(p)] == []  # every killed driver's Ray was ended by the next start
     assert not list(state_dir.glob("local-ray-*.json"))
+
+
+HB_TASKS, HB_TRIALS = 5, 7  # HyperBand, reduction 2.5, max_t 5: bracket 0 runs 3 trials to task 5; bracket 1
+HB_MILESTONES = (2, 5)      # cuts its 4 trials at task 2 (the best 2 go on to task 5)
+
+
+def test_a_hyperband_sweep_killed_mid_bracket_resumes_each_bracket_where_it_was(tmp_path):
+    """Ray keeps no scheduler state in its snapshot and re-adds restored trials newest first, finished ones
+    as live: a resumed HyperBand must put each trial back in its own bracket with its reported tasks."""
+    data = {
+        "name": "hb",
+        "base": {"benchmark": {"name": "synthetic", "scenario": "task", "n_tasks": HB_TASKS},
+                 "model": {"name": "mlp", "hidden_sizes": [32]}, "strategy": {"name": "naive"},
+                 "train": {"optimizer": "sgd", "lr": 0.1, "epochs": 3, "batch_size": 16, "device": "cpu"}},
+        "search": {"train.lr": {"dist": "loguniform", "low": 1e-4, "high": 0.3}},
+        "objective": {"metric": "val_average_accuracy"},
+        "algorithm": {"name": "random", "num_samples": HB_TRIALS, "seed": 5},
+        "scheduler": {"name": "hyperband", "reduction_factor": 2.5},
+        "resources": {"cpu": 1},
+        "storage": {"path": str(tmp_path / "results")},
+        "max_failures": 1,
+    }
+    spec_file = tmp_path / "hb.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    folder = tmp_path / "results" / "hb"
+    storage = Storage(folder)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CLSWEEP_STATE_DIR": str(tmp_path / "state")}
+    env.pop("RAY_ADDRESS", None)
+    clsweep = [sys.executable, "-m", "sweeps.cli"]
+
+    def start(step: int, *command: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"driver{step}.log"
+        return subprocess.Popen([*clsweep, *command, "--num-cpus", "2"], stdout=log.open("w"),
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True), log
+
+    # killed once a trial has ended and another waits at bracket 1's milestone
+    driver, log = start(0, "run", str(spec_file))
+    try:
+        assert _kill_when(driver, lambda: storage.ledger("end") and HB_MILESTONES[0] in storage.reported().values(),
+                          log), log.read_text()[-3000:]
+        ended = storage.ledger("end")
+        driver, log = start(1, "resume", str(folder))
+        assert driver.wait(timeout=300) == 0, log.read_text()[-4000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+
+    state = load_sweep(folder)
+    trials = sorted(state.trials, key=lambda t: t.trial_id)  # Ray's trial ids count up: creation order
+    assert len(trials) == HB_TRIALS == len({t.trial_id for t in trials})
+    assert ended <= {t.trial_id for t in trials}
+    for trial in trials:  # stopped only at a milestone, each task once after its checkpoint
+        assert trial.outcome.ended and trial.outcome.value != "failed", (trial.trial_id, trial.outcome)
+        assert trial.tasks_seen in HB_MILESTONES, (trial.trial_id, trial.tasks_seen)
+        assert [r["tasks_seen"] for r in trial.history] == list(range(1, trial.tasks_seen + 1))
+    assert [t.tasks_seen for t in trials[:3]] == [HB_TASKS] * 3  # bracket 0: no halving
+    second = trials[3:]  # bracket 1: the worst two at task 2 stopped there, the best two went on
+    at_milestone = {t.trial_id: t.history[HB_MILESTONES[0] - 1][OBJECTIVE_ATTR] for t in second}
+    best = sorted(at_milestone, key=at_milestone.get)[2:]  # stable: a tie goes to the later trial, as in Ray
+    assert {t.trial_id: t.tasks_seen for t in second} == {
+        t.trial_id: HB_TASKS if t.trial_id in best else HB_MILESTONES[0] for t in second}, at_milestone

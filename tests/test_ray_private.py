@@ -141,3 +141,76 @@ def test_a_restored_asha_stops_a_trial_only_at_its_rungs(tmp_path):
             assert decision == "CONTINUE"  # next judged at rung 4
         else:
             assert decision == "STOP"  # what a plain ASHA does at task 3: the bug refilling mends
+
+
+
+def test_a_restored_hyperband_puts_each_trial_back_in_its_bracket_and_replays_its_halvings(tmp_path):
+    """Ray re-adds restored trials newest first, finished ones as live with no result: a plain HyperBand
+    then waits forever on a finished trial. Ours reads each trial's bracket back, replays the halving
+    its records show was due (on the recorded results: the same choice), stops the trial it dropped,
+    and pauses a trial waiting at its milestone. max_t 4, reduction 2: bracket 0's 3 trials run to task
+    4; bracket 1's 3 trials are halved at task 2, and the best 2 run to task 4."""
+    import json
+
+    from sweeps.storage import record_bracket
+
+    class Trial:  # what the scheduler reads of a restored Ray trial
+        def __init__(self, folder: Path, name: str, values: list[float], status: str, bracket: int):
+            self.trial_id, self.status = name, status
+            (folder / f"trial_{name}").mkdir(parents=True)
+            (folder / f"trial_{name}" / "tasks.jsonl").write_text(
+                "".join(json.dumps({"tasks_seen": k + 1, "obj": v}) + "\n" for k, v in enumerate(values)))
+            self.path = str(folder / f"trial_{name}")
+            self.storage = type("Storage", (), {"trial_dir_name": f"trial_{name}", "experiment_fs_path": str(folder)})
+            record_bracket(folder, name, 0, bracket)
+
+    class Controller:  # what a scheduler calls of Ray's controller here
+        def __init__(self, scheduler):
+            self.scheduler, self.stopped = scheduler, []
+
+        def stop_trial(self, trial):
+            self.stopped.append(trial.trial_id)
+            self.scheduler.on_trial_remove(self, trial)
+            trial.status = "TERMINATED"
+
+        def _set_trial_status(self, trial, status):
+            trial.status = status
+
+    def restore(name: str, bracket1: dict[str, tuple[list[float], str]], scheduler_class=ray_private.HyperBand):
+        folder = tmp_path / name
+        done = [Trial(folder, f"a{i}", [0.9] * 4, "TERMINATED", 0) for i in range(3)]
+        trials = {n: Trial(folder, n, values, status, 1) for n, (values, status) in bracket1.items()}
+        scheduler = scheduler_class(time_attr="tasks_seen", max_t=4, reduction_factor=2, metric="obj", mode="max")
+        controller = Controller(scheduler)
+        for t in (*list(trials.values())[::-1], *done):  # Ray's order: newest result first
+            scheduler.on_trial_add(controller, t)
+        if scheduler_class is ray_private.HyperBand:
+            scheduler.choose_trial_to_run(controller)  # settles the brackets before any trial runs
+        return scheduler, controller, {n: t.status for n, t in trials.items()}
+
+    plain, _, _ = restore("plain", {}, tune.schedulers.HyperBandScheduler)
+    assert not plain._hyperbands[0][0].cur_iter_done()  # Ray's own waits forever on bracket 0's finished trials
+
+    # killed with bracket 1 at its milestone, before the halving: it is made now, b1 the worst
+    scheduler, controller, status = restore("before", {"b0": ([0.5, 0.8], "PENDING"), "b1": ([0.5, 0.6], "PENDING"),
+                                                       "b2": ([0.4, 0.7], "PENDING")})
+    brackets = scheduler._hyperbands[0]
+    assert [sorted(t.trial_id for t in b._all_trials) for b in brackets] == [["a0", "a1", "a2"], ["b0", "b1", "b2"]], \
+        f"{MOVED}: HyperBand's brackets"
+    assert brackets[0]._live_trials == {} and scheduler._state["bracket"] is brackets[1]
+    assert controller.stopped == ["b1"] and status == {"b0": "PENDING", "b1": "TERMINATED", "b2": "PENDING"}
+    assert (brackets[1]._cumul_r, brackets[1]._n) == (4, 2)
+    assert scheduler.choose_trial_to_run(controller).trial_id in ("b0", "b2")
+
+    # killed after it: b1 stopped, b0 trained on to task 4 and waits there for b2 (at task 3), paused
+    scheduler, controller, status = restore("after", {"b0": ([0.5, 0.8, 0.8, 0.8], "PENDING"),
+                                                      "b1": ([0.5, 0.6], "TERMINATED"),
+                                                      "b2": ([0.4, 0.7, 0.7], "PENDING")})
+    assert controller.stopped == [] and status == {"b0": "PAUSED", "b1": "TERMINATED", "b2": "PENDING"}
+    assert scheduler.choose_trial_to_run(controller).trial_id == "b2"
+
+    # killed with both at task 4: the bracket is finished, and both are stopped there
+    scheduler, controller, status = restore("end", {"b0": ([0.5, 0.8, 0.8, 0.8], "PENDING"),
+                                                    "b1": ([0.5, 0.6], "TERMINATED"),
+                                                    "b2": ([0.4, 0.7, 0.7, 0.7], "PENDING")})
+    assert sorted(controller.stopped) == ["b0", "b2"] and scheduler.choose_trial_to_run(controller) is None
