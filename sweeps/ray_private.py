@@ -36,6 +36,7 @@ from typing import Optional
 from ray import tune
 from ray.tune import schedulers as S
 from ray.tune.experiment import Trial
+from ray.tune.schedulers.hyperband import _Bracket
 
 from sweeps.storage import record_bracket, recorded_brackets, task_history
 
@@ -116,7 +117,8 @@ class HyperBand(Recorded, S.HyperBandScheduler):
     sweep started before they were) gets Ray's placement when live, none when it had ended.
     (Private: ``_hyperbands``, ``_state``, ``_trial_info``, ``_create_bracket``, ``_get_r0``,
     ``_process_bracket``, `_Bracket`'s ``_all_trials``, ``_live_trials``, ``_halves``, ``_cumul_r``,
-    ``_completed_progress``, ``is_being_processed``; the controller's ``_set_trial_status``.)"""
+    ``_completed_progress``, ``is_being_processed``; the controller's ``_set_trial_status``.) Its brackets'
+    last stage runs to the end of the stream (`_ToTheEnd`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -125,6 +127,10 @@ class HyperBand(Recorded, S.HyperBandScheduler):
 
     def __getstate__(self):
         return {**super().__getstate__(), "_recorded": None, "_unsettled": []}
+
+    def _create_bracket(self, s):
+        return _ToTheEnd(time_attr=self._time_attr, max_trials=self._get_n0(s), init_t_attr=self._get_r0(s),
+                         max_t_attr=self._max_t_attr, eta=self._eta, s=s, stop_last_trials=self._stop_last_trials)
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._controller = getattr(tune_controller, "_tune_controller", tune_controller)
@@ -190,6 +196,18 @@ class HyperBand(Recorded, S.HyperBandScheduler):
     def choose_trial_to_run(self, tune_controller):
         self._settle(tune_controller)
         return super().choose_trial_to_run(tune_controller)
+
+
+class _ToTheEnd(_Bracket):
+    """A HyperBand bracket whose last stage runs to ``max_t``. Ray's stops at r0 * eta^s, short of max_t
+    whenever max_t is not r0 times a power of eta (5 tasks, eta 3: at task 3; 10 tasks: at task 9), so
+    no trial of such a bracket could see every task, and only complete trials can be a sweep's best."""
+
+    def successive_halving(self, metric, metric_op):
+        good, bad = super().successive_halving(metric, metric_op)
+        if self._halves == 0:
+            self._r = self._cumul_r = self._max_t_attr
+        return good, bad
 
 
 class Pbt(Recorded, S.PopulationBasedTraining):

@@ -214,3 +214,26 @@ def test_a_restored_hyperband_puts_each_trial_back_in_its_bracket_and_replays_it
                                                     "b1": ([0.5, 0.6], "TERMINATED"),
                                                     "b2": ([0.4, 0.7, 0.7, 0.7], "PENDING")})
     assert sorted(controller.stopped) == ["b0", "b2"] and scheduler.choose_trial_to_run(controller) is None
+
+
+def test_hyperbands_last_stage_runs_to_the_end_of_the_stream():
+    """Ray's bracket stops its last stage at r0 * eta^s: with 5 tasks and eta 3 at task 3, where no trial
+    of that bracket could be complete. Ours runs it to task 5; the earlier milestones are Ray's."""
+    def milestones(scheduler_class, max_t: int, eta: float) -> list[list[int]]:
+        scheduler = scheduler_class(time_attr="tasks_seen", max_t=max_t, reduction_factor=eta, metric="obj", mode="max")
+        out = []
+        for s in range(scheduler._s_max_1):
+            if not scheduler._get_r0(s):
+                continue
+            bracket, stages = scheduler._create_bracket(s), []
+            stages.append(bracket._cumul_r)
+            while bracket._halves > 0:
+                bracket.successive_halving("obj", 1.0)
+                stages.append(bracket._cumul_r)
+            out.append(stages)
+        return out
+
+    assert milestones(tune.schedulers.HyperBandScheduler, 5, 3) == [[5], [1, 3]], f"{MOVED}: HyperBand's brackets"
+    assert milestones(ray_private.HyperBand, 5, 3) == [[5], [1, 5]]
+    assert milestones(ray_private.HyperBand, 10, 3) == [[10], [3, 10], [1, 3, 10]]
+    assert milestones(ray_private.HyperBand, 5, 2.5) == milestones(tune.schedulers.HyperBandScheduler, 5, 2.5)
