@@ -125,10 +125,11 @@ def _concurrency_fitted(spec: SweepSpec, verbose: int) -> SweepSpec:
     """``algorithm.max_concurrent: null`` (the default) becomes the number of trials the cluster fits
     now (`trials_that_fit`). A searcher asked for more would propose trials that only wait (TPE without
     their results), so the number is fixed here and the stored sweep.yaml records it (a resume keeps it).
-    A synchronous scheduler's (HyperBand's) stays null: its brackets need all their trials."""
+    A scheduler whose trials wait for each other (HyperBand's brackets, PBT's population) keeps null:
+    no cap, every trial is created at once."""
     import ray
 
-    if spec.algorithm.max_concurrent is not None or spec.scheduler.synchronous:
+    if spec.algorithm.max_concurrent is not None or spec.scheduler.waits_for:
         return spec
     total = ray.cluster_resources()
     limit, kind = trials_that_fit(total, spec.resources.cpu, spec.resources.gpu)

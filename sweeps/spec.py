@@ -298,7 +298,7 @@ class Objective(_Section):
 class Algorithm(_Section):
     name: Annotated[Literal[ALGORITHMS], Field(title="search algorithm")] = "optuna"
     num_samples: Optional[_kind(int, ge=1)] = None  # trials (grid: repeats of the grid, default 1)
-    max_concurrent: Optional[_kind(int, ge=1)] = None  # null: as many as the cluster's resources fit at the start (hyperband: no cap)
+    max_concurrent: Optional[_kind(int, ge=1)] = None  # null: as many as the cluster's resources fit at the start (hyperband, pbt: no cap)
     seed: Optional[Int] = 0
     sampler: Annotated[Optional[Literal[SAMPLERS]], Field(title="optuna sampler")] = None  # optuna: tpe (default)
     n_startup_trials: Optional[_kind(int, ge=1)] = None  # optuna's tpe only: random trials before TPE starts
@@ -309,9 +309,9 @@ class Scheduler(_Section):
     """A trial scheduler and its settings (tagged on ``name``); the time unit is tasks seen."""
 
     noun: ClassVar[str] = "scheduler"
-    # its trials wait, paused, at a milestone until the rest of their group reaches it: every trial is
-    # created at once (the cluster's resources bound how many run), since a cap on trials counts the paused
-    synchronous: ClassVar[bool] = False
+    # what its trials wait for, paused, at a milestone ("" for none): every trial is then created at once
+    # (the cluster's resources bound how many run), since a cap on trials counts the paused ones
+    waits_for: ClassVar[str] = ""
 
     @classmethod
     def unknown(cls, tag):
@@ -342,7 +342,7 @@ class Asha(Scheduler):
 
 class HyperBand(Scheduler):
     name: Literal["hyperband"]
-    synchronous: ClassVar[bool] = True  # a bracket halves when all its trials reached its milestone
+    waits_for: ClassVar[str] = "the rest of their bracket"  # halved when all reached its milestone
     reduction_factor: _kind(float, gt=1) = 3.0
 
 
@@ -356,6 +356,7 @@ class Pbt(Scheduler):
     """Synchronous PBT; ``mutate`` defaults to every searched field it may change in a running trial."""
 
     name: Literal["pbt"]
+    waits_for: ClassVar[str] = "the rest of the population"  # synchronous: exploits when all reached the interval
     perturbation_interval: TaskCount = 1
     burn_in_period: _kind(int, ge=0) = 0
     quantile_fraction: _kind(float, gt=0, le=0.5) = 0.25
@@ -883,6 +884,12 @@ def _locate(loc: tuple) -> tuple[Optional[type], tuple, Optional[str], str]:
 
 
 # ------------------------------------------------------------------------------ rules between fields
+def _trials(algorithm: Algorithm, search: dict[str, Distribution]) -> int:
+    """How many trials a sweep runs: ``num_samples``, times the grid's size for random and grid search."""
+    return algorithm.num_samples * (math.prod(len(d.values) for d in search.values() if d.dist == "grid")
+                                    if algorithm.name != "optuna" else 1)
+
+
 class _Rules:
     """What the models cannot say: distributions against the fields they search and the base config,
     settings that depend on each other or on ``benchmark.n_tasks``; fills defaults that depend on them."""
@@ -961,8 +968,7 @@ class _Rules:
         if "seed" in search:
             raise self.error("search.seed", "finalists train again on fresh seeds: the seed is not a "
                                             "hyperparameter to search", "selection.finalists: 0 to search seeds")
-        trials = algorithm.num_samples * (math.prod(len(d.values) for d in search.values() if d.dist == "grid")
-                                          if algorithm.name != "optuna" else 1)
+        trials = _trials(algorithm, search)
         if selection.finalists > trials:
             raise self.error("selection.finalists", f"{selection.finalists} finalists from {trials} trials",
                              f"0..{trials}")
@@ -1133,12 +1139,14 @@ class _Rules:
         if grace_period is not None and grace_period > n_tasks:
             raise self.error("scheduler.grace_period", f"got {grace_period}",
                              f"tasks seen, 1..{n_tasks} (benchmark.n_tasks)")
-        if s.synchronous and algorithm.max_concurrent is not None:
-            raise self.error("algorithm.max_concurrent", f"got {algorithm.max_concurrent}; {s.name}'s trials wait, "
-                                                         f"paused, at each milestone for the rest of their bracket, and "
-                                                         f"a cap on trials counts the paused ones, so brackets would "
-                                                         f"be cut to the cap (the cluster's resources already bound "
-                                                         f"how many trials run)", f"null with scheduler {s.name}")
+        trials = _trials(algorithm, search)
+        if s.waits_for and algorithm.max_concurrent is not None and algorithm.max_concurrent < trials:
+            raise self.error("algorithm.max_concurrent", f"got {algorithm.max_concurrent} for {trials} trials; "
+                                                         f"{s.name}'s trials wait, paused, at each milestone for "
+                                                         f"{s.waits_for}, and a cap on trials counts the paused ones, "
+                                                         f"so they would wait for {algorithm.max_concurrent} trials "
+                                                         f"alone (the cluster's resources already bound how many run)",
+                             f"null (or at least {trials}) with scheduler {s.name}")
         if isinstance(s, Pbt):
             self.pbt(s, search, algorithm, n_tasks)
 

@@ -132,12 +132,12 @@ def test_pbt_changes_hyperparameters_of_running_trials(tmp_path, local_ray):
         search={"train.lr": {"dist": "loguniform", "low": 1e-3, "high": 0.1},
                 "strategy.lambda": {"dist": "loguniform", "low": 1.0, "high": 100.0},
                 "strategy.decay_factor": {"dist": "uniform", "low": 0.5, "high": 1.0}},
-        algorithm={"name": "random", "num_samples": 4, "max_concurrent": 4, "seed": 1},
+        algorithm={"name": "random", "num_samples": 4, "seed": 1},  # no cap with pbt: the population is all 4
         scheduler={"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
                    "resample_probability": 0.5}))
     state = run_sweep(spec, verbose=0)
 
-    assert state.counts() == {"complete": 4}
+    assert state.counts() == {"complete": 4} and state.spec.algorithm.max_concurrent is None
     changed = []
     for trial in state.trials:
         configs = [row["config"] for row in trial.history]
