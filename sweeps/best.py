@@ -104,9 +104,12 @@ def top_runs(sweep_name: str, k: int = 5, metric: Optional[str] = None, tracking
 
 def _evaluated(config: ExperimentConfig, parent_tags: dict) -> ExperimentConfig:
     """A trial's config as its sweep's protocol evaluates it: a prefix protocol's trials trained the
-    prefix alone (``benchmark.task_range``), its chosen values train the evaluation stream."""
+    prefix alone (``benchmark.task_range``), two_phase's another benchmark; the chosen values train the
+    evaluation stream, the target's."""
     if parent_tags.get(T.PROTOCOL_TAG, "end_of_training") != "end_of_training":
         config.benchmark.task_range = json.loads(parent_tags[T.EVALUATION_RANGE_TAG])
+        for key, value in json.loads(parent_tags.get(T.EVALUATION_BENCHMARK_TAG, "{}")).items():
+            setattr(config.benchmark, key, value)
         config.validate()
     return config
 

@@ -1,6 +1,7 @@
 """One sweep file under several selection protocols, side by side: ``clsweep compare``.
 
     clsweep compare search_spaces/quickstart.yaml --protocols end_of_training,prefix:2,prefix:2:rest --seeds 3
+    clsweep compare search_spaces/ewc_split_mnist_task.yaml --protocols end_of_training,two_phase:name=split_fashion_mnist
 
 Each protocol is a sweep of its own, ``<name>-<protocol>`` (``quickstart-end_of_training``,
 ``quickstart-prefix2``, ``quickstart-prefix2rest``), in the file's storage. Each one's chosen values
@@ -27,11 +28,14 @@ import re
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from clcore.config import ConfigError
 from sweeps.spec import SweepSpec, load_spec
 
-TOKEN = re.compile(r"^(end_of_training|prefix:(\d+)(:rest)?)$")
-TOKENS = "end_of_training, prefix:K (tune on the first K tasks, evaluate on all), prefix:K:rest"
+TOKEN = re.compile(r"^(end_of_training|prefix:(\d+)(:rest)?|two_phase:([a-z_]+)=([^,:=]+))$")
+TOKENS = ("end_of_training, prefix:K (tune on the first K tasks, evaluate on all), prefix:K:rest, "
+          "two_phase:FIELD=VALUE (tune on the benchmark with that field changed: two_phase:seed=1)")
 COMPARE_FILES = ("compare.csv", "compare.md", "compare.json", "compare.png")
 COLUMNS = ("average_accuracy", "forgetting", "min_accuracy_current_task")  # test, mean ± std
 
@@ -45,6 +49,8 @@ def protocol_section(token: str, seeds: int) -> dict:
     match = TOKEN.match(token)
     if match is None:
         raise ConfigError("--protocols", f"unknown protocol {token!r}", TOKENS)
+    if match.group(4) is not None:
+        return {"name": "two_phase", "tune_on": {match.group(4): yaml.safe_load(match.group(5))}, "seeds": seeds}
     if match.group(2) is None:
         return {"name": "end_of_training", "seeds": seeds}
     return {"name": "prefix", "tasks": int(match.group(2)), "evaluate_on": "rest" if match.group(3) else "all",
@@ -77,8 +83,9 @@ def protocol_sweep_name(name: str, token: str) -> str:
 
 
 def _slug(token: str) -> str:
-    """The protocol's part of its sweep's name: ``prefix:2:rest`` -> ``prefix2rest``."""
-    return token.replace(":", "")
+    """The protocol's part of its sweep's name: ``prefix:2:rest`` -> ``prefix2rest``, ``two_phase:seed=1``
+    -> ``two_phaseseed1``."""
+    return token.replace(":", "").replace("=", "")
 
 
 def run_compare(path: str | Path, tokens: list[str], seeds: int = 3, overrides: Optional[list[str]] = None, *,

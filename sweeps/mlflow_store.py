@@ -50,6 +50,8 @@ METRIC_TAG, MODE_TAG = "clsweep.metric", "clsweep.mode"
 # task): a prefix protocol's trials trained the prefix alone, and `sweeps.best` returns their configs
 # with this range, as best_config.yaml has it.
 PROTOCOL_TAG, EVALUATION_RANGE_TAG = "clsweep.protocol", "clsweep.evaluation_task_range"
+# two_phase's: the target's values of the benchmark fields its search changed (JSON object)
+EVALUATION_BENCHMARK_TAG = "clsweep.evaluation_benchmark"
 NODE_ID_TAG, NODE_IP_TAG, NODE_IDS_TAG = "clsweep.node_id", "clsweep.node_ip", "clsweep.node_ids"
 
 # clsweep.status words (`sweeps.storage.Outcome.tag`), and clsweep.status -> MLflow run status.

@@ -43,7 +43,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from clcore.data import load_raw
+from clcore.data import load_raw, raw_key
 from sweeps import environment, localray, space
 from sweeps import ray_private
 from sweeps.ray_private import BestOfCompleteReporter, attach_callbacks, snapshot_before_training
@@ -444,6 +444,9 @@ def _evaluate(spec: SweepSpec, state: SweepState, raw, verbose: int, reference: 
     runs = _stored_at(spec.model_copy(update={
         "name": EVALUATION_DIR, "base": base, "protocol": EndOfTraining(name="end_of_training"),
         "scheduler": Fifo(name="fifo"), "selection": Selection()}), folder)
+    target = runs.example_config().benchmark
+    if raw_key(target) != raw_key(spec.example_config().benchmark):  # two_phase: the target's data, loaded now
+        raw = load_raw(target)
     if verbose:
         print(f"clsweep: {spec.protocol_description}; trial {best.trial_id} on seeds {seeds}", flush=True)
     _side_sweep(runs, _trainable(runs, raw, None, reference, _run_again, key=EVALUATION_OF,

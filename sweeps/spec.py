@@ -49,6 +49,7 @@ not, and asked for by Optuna only where it is (define-by-run, `sweeps.space.defi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import functools
 import math
@@ -434,6 +435,10 @@ class Protocol(_Section):
         """``benchmark.task_range`` of the runs that evaluate the chosen values (None: the whole stream)."""
         return None
 
+    def search_overrides(self) -> dict[str, Any]:
+        """Config fields every search trial gets on top of the base (what the protocol lets it see)."""
+        return {}
+
 
 class EndOfTraining(Protocol):
     """Every trial trains the whole stream and is scored on it: what every peer does, and what a
@@ -461,6 +466,9 @@ class Prefix(Protocol):
     def evaluation_range(self, n_tasks: int) -> Optional[list[int]]:
         return None if self.evaluate_on == "all" else [self.tasks, n_tasks]
 
+    def search_overrides(self) -> dict[str, Any]:
+        return {"benchmark.task_range": [0, self.tasks]}
+
     def describe(self, n_tasks: int) -> str:
         seen = "task 0" if self.tasks == 1 else f"tasks 0..{self.tasks - 1}"
         evaluated = "every task" if self.evaluate_on == "all" else \
@@ -468,7 +476,27 @@ class Prefix(Protocol):
         return f"prefix: tuned on {seen} of {n_tasks}, evaluated on {evaluated}"
 
 
-PROTOCOL_KINDS = (EndOfTraining, Prefix)
+class TwoPhase(Protocol):
+    """Cha & Cho's two-phase protocol (GTEP, TMLR 2025): tune end of training on another scenario of the
+    same shape, the base benchmark with ``tune_on``'s fields (another permutation or split seed, another
+    class order, another dataset: Split Fashion-MNIST to tune, Split MNIST to evaluate), then train the
+    chosen values on the target, the base benchmark as written, on ``seeds`` fresh seeds. Search trials
+    are built from ``tune_on``'s benchmark, and the driver loads its data alone for them: the target's
+    data reaches the evaluation runs only."""
+
+    name: Literal["two_phase"]
+    tune_on: dict[str, Any]  # benchmark fields, e.g. {seed: 1}, {class_order: [...]}, {name: split_fashion_mnist}
+    seeds: _kind(int, ge=1) = 3
+
+    def search_overrides(self) -> dict[str, Any]:
+        return {f"benchmark.{key}": value for key, value in self.tune_on.items()}
+
+    def describe(self, n_tasks: int) -> str:
+        changed = ", ".join(f"{key} {value}" for key, value in self.tune_on.items())
+        return f"two_phase: tuned on all {n_tasks} tasks of the benchmark with {changed}, evaluated on the target"
+
+
+PROTOCOL_KINDS = (EndOfTraining, Prefix, TwoPhase)
 PROTOCOLS = {typing.get_args(kind.model_fields["name"].annotation)[0]: kind for kind in PROTOCOL_KINDS}
 
 
@@ -545,16 +573,25 @@ class SweepSpec(_Section):
         ``seed`` for a finalist's run on a fresh seed; other keys are ignored.
         """
         values = {key: decode_value(key, value) for key, value in params.items() if key in self.search or key == "seed"}
-        if isinstance(self.protocol, Prefix):  # the tasks the search may see, and no other
-            values["benchmark.task_range"] = [0, self.protocol.tasks]
+        values.update(self.protocol.search_overrides())  # the tasks and data the search may see, and no other
         return ExperimentConfig.from_dict(_merged(self.base, self.active(values)))
 
     def evaluation_config(self, params: dict[str, Any], seed: int) -> ExperimentConfig:
         """The config the protocol evaluates a trial's values with: the evaluation stream, on ``seed``."""
-        config = self.trial_config({**params, "seed": seed})
+        values = {key: decode_value(key, value) for key, value in params.items() if key in self.search}
+        config = ExperimentConfig.from_dict(_merged(self.base, self.active({**values, "seed": seed})))
         config.benchmark.task_range = self.evaluation_range
         config.validate()
         return config
+
+    @property
+    def evaluation_benchmark(self) -> dict[str, Any]:
+        """The benchmark fields the protocol's evaluation sets on a search trial's config (``task_range``
+        aside): two_phase's target values of the fields its search changed."""
+        if not isinstance(self.protocol, TwoPhase):
+            return {}
+        target = self.evaluation_config({k: encode_value(d.candidates()[0]) for k, d in self.search.items()}, 0)
+        return {key: getattr(target.benchmark, key) for key in self.protocol.tune_on}
 
     @property
     def evaluation_range(self) -> Optional[list[int]]:
@@ -914,8 +951,10 @@ class _Rules:
         self.reference(spec)
 
     def protocol(self, spec: SweepSpec) -> None:
-        """Before the values are checked: a prefix makes every trial's task range."""
+        """Before the values are checked: a prefix makes every trial's task range, two_phase its benchmark."""
         p = spec.protocol
+        if isinstance(p, TwoPhase):
+            return self.two_phase(p, spec)
         if not isinstance(p, Prefix):
             return
         try:
@@ -937,6 +976,43 @@ class _Rules:
         if p.evaluate_on == "rest" and spec.reference.strategy is not None:
             raise self.error("reference.strategy", "the reference trains the whole stream, while evaluate_on: rest "
                                                    "trains the tasks after the prefix alone", "null with evaluate_on: rest")
+
+    def two_phase(self, p: TwoPhase, spec: SweepSpec) -> None:
+        fields = [f.name for f in dataclasses.fields(BenchmarkConfig)]
+        same_shape = ("n_tasks", "scenario", "task_range")  # what the chosen values must carry over to
+        allowed = ", ".join(f for f in fields if f not in same_shape)
+        if not p.tune_on:
+            raise self.error("protocol.tune_on", "is empty: phase 1 must tune on another scenario than the target",
+                             f"benchmark fields: {allowed}")
+        for key in p.tune_on:
+            if key not in fields:
+                raise self.error(f"protocol.tune_on.{key}", "is not a benchmark field", allowed)
+            if key in same_shape:
+                raise self.error(f"protocol.tune_on.{key}", "two_phase tunes on a scenario of the target's shape: "
+                                                            "the same number of tasks and scenario", allowed)
+            if f"benchmark.{key}" in spec.search:
+                raise self.error(f"search.benchmark.{key}", "is searched, and protocol.tune_on sets it for the search",
+                                 "one of the two")
+        if (spec.base.get("benchmark") or {}).get("task_range") is not None:
+            raise self.error("base.benchmark.task_range", "is set, but two_phase trains whole streams",
+                             "null (or protocol: prefix)")
+        if spec.reference.strategy is not None:
+            raise self.error("reference.strategy", "the reference would train on tune_on's stream, while the "
+                                                   "evaluation trains the target's", "null with two_phase")
+        first = {k: encode_value(d.candidates()[0]) for k, d in spec.search.items()}
+        try:
+            ExperimentConfig.from_dict(_merged(spec.base, spec.active(first)))
+        except ConfigError:
+            return  # not tune_on's fault: check_values names the bad field
+        try:
+            tuned = spec.trial_config(first).benchmark
+        except ConfigError as error:
+            key = error.field.removeprefix("benchmark.")
+            raise self.error(f"protocol.tune_on.{key}" if key in p.tune_on else "protocol.tune_on",
+                             error.message) from None
+        if tuned == spec.evaluation_config(first, 0).benchmark:
+            raise self.error("protocol.tune_on", f"{p.tune_on} gives the target's own benchmark: phase 1 would tune "
+                                                 f"on the target", "values that differ from base.benchmark's")
 
     def reference(self, spec: SweepSpec) -> None:
         ref, objective = spec.reference, spec.objective

@@ -45,7 +45,7 @@ from typing import Any, Optional
 
 from clcore.config import ExperimentConfig
 from clcore.metrics import Reference
-from sweeps.spec import Prefix, SweepSpec
+from sweeps.spec import EndOfTraining, SweepSpec
 
 SPEC_FILE = "sweep.yaml"
 TRIALS_FILE = "trials.jsonl"
@@ -160,15 +160,16 @@ class SweepState:
     wall_seconds: Optional[float] = None  # of the last run or resume that ended (its summary.json)
     finalists: Optional["SweepState"] = None  # the finalists' runs on fresh seeds (``selection.finalists``)
     reference: Optional[dict] = None  # ``reference.json`` (`reference_from`): a*_k per task, once trained
-    evaluation: Optional["SweepState"] = None  # a prefix protocol's evaluation runs of the chosen values
+    evaluation: Optional["SweepState"] = None  # the protocol's evaluation runs of the chosen values
 
     def chosen_config(self) -> Optional[ExperimentConfig]:
         """What the sweep selected, as it is to be trained (``best_config.yaml``): the best trial's config,
-        or with a ``prefix`` protocol its evaluation config on the first evaluation seed (that run again)."""
+        or with a protocol that evaluates elsewhere (``prefix``, ``two_phase``) its evaluation config on the
+        first evaluation seed (that run again)."""
         best = self.best()
         if best is None:
             return None
-        if isinstance(self.spec.protocol, Prefix):
+        if not isinstance(self.spec.protocol, EndOfTraining):
             return self.spec.evaluation_config(best.params, self.spec.evaluation_seeds[0])
         return self.trial_config(best)
 

@@ -9,7 +9,8 @@ What a sweep leaves in MLflow::
         |                               mlflow.source.git.commit, clsweep.ray_address, clsweep.scheduler,
         |                               clsweep.search_alg, clsweep.metric, clsweep.mode, clsweep.storage_path,
         |                               clsweep.best_trial_id, clsweep.best_run_id, best.<config field>,
-        |                               clsweep.protocol, clsweep.evaluation_task_range
+        |                               clsweep.protocol, clsweep.evaluation_task_range,
+        |                               clsweep.evaluation_benchmark
         |                         params    the sweep's settings (objective, algorithm, search.<field>, ...)
         |                         metrics   the best trial's last-task metrics (step = trials ended);
         |                                   with a prefix protocol evaluation_<metric>[_std] over its seeds
@@ -81,7 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sweeps.spec import SweepSpec
 
 from sweeps.mlflow_store import (BEST_RUN_TAG, BEST_TRIAL_TAG, CONFIG_ARTIFACT, FAILURE_CAUSE_TAG, FAILURE_TAG,
-                                 FINISHED, KIND_TAG, EVALUATION_RANGE_TAG, METRIC_TAG, MODE_TAG, ORPHANED, PROTOCOL_TAG,
+                                 FINISHED, KIND_TAG, EVALUATION_BENCHMARK_TAG, EVALUATION_RANGE_TAG, METRIC_TAG, MODE_TAG, ORPHANED, PROTOCOL_TAG,
                                  REJECTED, REJECTED_TAG, RUNNING, STATE_FILE, STATUS_TAG,
                                  STEP_METRIC, SWEEP_ID_TAG, Store, TASKS_SEEN_TAG, TRIAL_ID_TAG, _matrix_files,
                                  _param_value, check_reachable, experiment_url, final_metrics, log, node_tags,
@@ -191,7 +192,7 @@ class SweepTracker:
         tags = {KIND_TAG: "sweep", SWEEP_ID_TAG: self.identity.sweep_id, METRIC_TAG: spec.selected_on,
                 MODE_TAG: spec.mode, "clsweep.storage_path": str(self.folder), PROTOCOL_TAG: spec.protocol.name,
                 EVALUATION_RANGE_TAG: json.dumps(spec.evaluation_range),
-                **self.identity.tags}
+                EVALUATION_BENCHMARK_TAG: json.dumps(spec.evaluation_benchmark), **self.identity.tags}
         address = ray_address()
         if address:
             tags["clsweep.ray_address"] = address

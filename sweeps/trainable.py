@@ -82,7 +82,7 @@ def run_trial(params: dict, *, spec: SweepSpec, raw: Optional[RawData] = None,
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     try:
         config = spec.trial_config(params)
-        shared = raw is not None and raw_key(config.benchmark) == raw_key(spec.example_config().benchmark)
+        shared = raw is not None and raw.key == raw_key(config.benchmark)  # never another benchmark's data
         saved = _checkpoint_to_continue(tune.get_checkpoint(), folder, trial_id)
         log = trial_logger(trial_id, context.get_trial_name(), config) if trial_logger else None
         where = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}

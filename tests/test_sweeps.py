@@ -408,17 +408,59 @@ def test_the_prefix_protocol_tunes_on_the_first_tasks_alone_and_evaluates_on_the
     assert from_mlflow.benchmark.task_range == [2, 5] and from_mlflow.train.lr == best.params["train.lr"]
 
 
+def test_the_two_phase_protocol_tunes_on_another_stream_and_hands_its_trials_that_data_alone(tmp_path, local_ray,
+                                                                                               capsys):
+    """Cha & Cho's two-phase protocol, small: the search trains on synthetic data of seed 1 (another
+    dataset draw), its trials handed that data and no other; the chosen lr then trains the target
+    (seed 0) on two fresh seeds, handed the target's data; best_config.yaml and MLflow's best config are
+    the target's, and the first retrains exactly."""
+    from sweeps.best import best_config
+    from sweeps.storage import EVALUATION_OF
+    from sweeps.tracking import MLflowTracking
+
+    spec = SweepSpec.from_dict(sweep(
+        tmp_path, "two_phase", search={"train.lr": {"dist": "grid", "values": [0.003, 0.1]}},
+        protocol={"name": "two_phase", "tune_on": {"seed": 1}, "seeds": 2}, algorithm={"name": "grid"},
+        scheduler="fifo"))
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    state = run_sweep(spec, verbose=0, tracking=MLflowTracking(uri))
+
+    assert state.counts() == {"complete": 2}
+    for trial in state.trials:  # what the search saw: seed 1's data, handed over by the driver
+        assert state.trial_config(trial).benchmark.seed == 1
+        assert all(row["data_shared"] for row in task_rows(trial.path))
+    best, runs = state.best(), state.evaluation.trials
+    assert sorted(r.params["seed"] for r in runs) == spec.evaluation_seeds == [1, 2]
+    for run in runs:  # the target, handed the target's data
+        assert run.params[EVALUATION_OF] == best.trial_id and run.last["config"]["train.lr"] == best.params["train.lr"]
+        assert state.evaluation.trial_config(run).benchmark.seed == 0
+        assert all(row["data_shared"] for row in task_rows(run.path))
+    chosen = ExperimentConfig.from_yaml(spec.experiment_path / "best_config.yaml")
+    assert chosen.benchmark.seed == 0 and chosen.seed == 1 and chosen.train.lr == best.params["train.lr"]
+    assert clcore.run(chosen).test_matrix == next(r for r in runs if r.params["seed"] == 1).last["test_matrix"]
+    from_mlflow = best_config("two_phase", tracking_uri=uri)
+    assert from_mlflow.benchmark.seed == 0 and from_mlflow.train.lr == best.params["train.lr"]
+    capsys.readouterr()
+    assert main(["status", str(spec.experiment_path)]) == 0
+    assert "two_phase: tuned on all 5 tasks of the benchmark with seed 1, evaluated on the target; seeds [1, 2]:" \
+        in capsys.readouterr().out
+
+
 def test_compare_runs_each_protocol_and_tabulates_them_against_end_of_training(tmp_path, local_ray):
     """`clsweep compare` on one file: every protocol is a sweep, each choice trains on the same fresh
     seeds, and the table's compute is the tasks each sweep trained (search and evaluation)."""
-    from sweeps.compare import COMPARE_FILES, run_compare
+    from sweeps.compare import COMPARE_FILES, plan, run_compare
 
     file = tmp_path / "small.yaml"
     file.write_text(yaml.safe_dump(sweep(tmp_path, "small", search={"train.lr": {"dist": "grid", "values": [0.003, 0.1]}},
                                          algorithm={"name": "grid"}, scheduler="fifo")))
     with pytest.raises(ConfigError, match="--protocols: unknown protocol 'prefix'"):
         run_compare(file, ["end_of_training", "prefix"], 2)
+    with pytest.raises(ConfigError, match="two_phase:seed=0: .*protocol.tune_on: .* gives the target's own benchmark"):
+        run_compare(file, ["end_of_training", "two_phase:seed=0"], 2)
     assert not (tmp_path / "results").exists()  # rejected before anything ran
+    (token, two_phase), = plan(file, ["two_phase:name=split_mnist"], 2)
+    assert two_phase.name == "small-two_phasenamesplit_mnist" and two_phase.protocol.tune_on == {"name": "split_mnist"}
 
     import mlflow
 

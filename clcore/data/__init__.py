@@ -58,6 +58,7 @@ class RawData:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    key: tuple = ()  # `raw_key` of the config `load_raw` read it for; () when built otherwise
 
     @property
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -117,7 +118,12 @@ class Benchmark:
 
 # ---------------------------------------------------------------------------------- loading
 def load_raw(config: BenchmarkConfig) -> RawData:
-    """Read the dataset behind ``config.name`` from ``config.data_dir`` (or ``$CLCORE_DATA_DIR``)."""
+    """Read the dataset behind ``config.name`` from ``config.data_dir`` (or ``$CLCORE_DATA_DIR``), marked
+    with its `raw_key` (what a sweep checks before handing it to a trial)."""
+    return replace(_read_raw(config), key=raw_key(config))
+
+
+def _read_raw(config: BenchmarkConfig) -> RawData:
     source = SOURCE[config.name]
     if source == "synthetic":
         return synthetic_raw(config.seed)
