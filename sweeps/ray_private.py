@@ -111,7 +111,7 @@ class HyperBand(Recorded, S.HyperBandScheduler):
     bracket is written down as it joins (`storage.record_bracket`); a restored trial goes back into its
     own, and before any trial runs on, each such bracket is replayed from its trials' records: every
     halving whose milestone all its live trials had reached is made again on the results recorded there
-    (Ray's own `successive_halving`, trials in creation order as Ray added them: the same choice), a trial
+    (Ray's own `successive_halving`, trials in the order they joined, as Ray has them: the same choice), a trial
     it dropped that is still live is stopped, a trial waiting at the bracket's milestone is paused again,
     and a bracket whose trials all wait is processed. A trial restored with no bracket written down (a
     sweep started before they were) gets Ray's placement when live, none when it had ended.
@@ -171,7 +171,8 @@ class HyperBand(Recorded, S.HyperBandScheduler):
         """Replay each bracket that holds restored trials (see the class docstring), once."""
         while self._unsettled:
             bracket = self._unsettled.pop(0)
-            bracket._all_trials.sort(key=lambda t: t.trial_id)  # Ray's trial ids count up
+            order = {trial_id: i for i, trial_id in enumerate(self._recorded)}  # as they joined
+            bracket._all_trials.sort(key=lambda t: order[t.trial_id])
             members = bracket._all_trials
             at = {t: {int(r[self._time_attr]): r for r in task_history(Path(t.path))} for t in members}
             reached = {t: max(at[t], default=0) for t in members}

@@ -90,6 +90,42 @@ def _recorded_ray_processes(state_dir: Path) -> list[int]:
     return [pid for file in state_dir.glob("local-ray-*.json") for pid, _ in json.loads(file.read_text())["processes"]]
 
 
+def _sweep_file(tmp_path: Path, name: str, n_tasks: int, epochs: int, **sections) -> Path:
+    """A sweep file of naive trials over ``train.lr`` on the synthetic benchmark, stored in ``tmp_path``."""
+    data = {
+        "name": name,
+        "base": {"benchmark": {"name": "synthetic", "scenario": "task", "n_tasks": n_tasks},
+                 "model": {"name": "mlp", "hidden_sizes": [32]}, "strategy": {"name": "naive"},
+                 "train": {"optimizer": "sgd", "lr": 0.1, "epochs": epochs, "batch_size": 16, "device": "cpu"}},
+        "search": {"train.lr": {"dist": "loguniform", "low": 1e-4, "high": 0.3}},
+        "objective": {"metric": "val_average_accuracy"},
+        "resources": {"cpu": 1},
+        "storage": {"path": str(tmp_path / "results")},
+        "max_failures": 1,
+        **sections,
+    }
+    file = tmp_path / f"{name}.yaml"
+    file.write_text(yaml.safe_dump(data))
+    return file
+
+
+def _starter(tmp_path: Path, drivers: list):
+    """``start(step, *clsweep arguments)``: a `clsweep` driver in a process group of its own, on a local
+    Ray of 2 CPUs, its output in ``driver<step>.log``; each appended to ``drivers``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CLSWEEP_STATE_DIR": str(tmp_path / "state")}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def start(step: int, *command: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"driver{step}.log"
+        drivers.append(subprocess.Popen([sys.executable, "-m", "sweeps.cli", *command, "--num-cpus", "2"],
+                                        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True))
+        return drivers[-1], log
+
+    return start
+
+
 def test_a_driver_killed_at_four_points_and_resumed_runs_every_trial_once(tmp_path):
     from mlflow import MlflowClient
 
@@ -97,37 +133,15 @@ def test_a_driver_killed_at_four_points_and_resumed_runs_every_trial_once(tmp_pa
     from sweeps.localray import _running
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    data = {
-        "name": "kills",
-        "base": {"benchmark": {"name": "synthetic", "scenario": "task", "n_tasks": N_TASKS},
-                 "model": {"name": "mlp", "hidden_sizes": [32]}, "strategy": {"name": "naive"},
-                 "train": {"optimizer": "sgd", "lr": 0.1, "epochs": 12, "batch_size": 16, "device": "cpu"}},
-        "search": {"train.lr": {"dist": "loguniform", "low": 1e-4, "high": 0.3}},
-        "objective": {"metric": "val_average_accuracy"},
-        "algorithm": {"name": "optuna", "num_samples": N_TRIALS, "max_concurrent": 2, "seed": 3, "n_startup_trials": 3},
-        "scheduler": {"name": "asha", "grace_period": RUNGS[0], "reduction_factor": 2},
-        "resources": {"cpu": 1},
-        "storage": {"path": str(tmp_path / "results")},
-        "tracking": {"mlflow": True, "tracking_uri": uri},
-        "max_failures": 1,
-    }
-    spec_file = tmp_path / "kills.yaml"
-    spec_file.write_text(yaml.safe_dump(data))
+    spec_file = _sweep_file(
+        tmp_path, "kills", N_TASKS, 12, tracking={"mlflow": True, "tracking_uri": uri},
+        algorithm={"name": "optuna", "num_samples": N_TRIALS, "max_concurrent": 2, "seed": 3, "n_startup_trials": 3},
+        scheduler={"name": "asha", "grace_period": RUNGS[0], "reduction_factor": 2})
     folder = tmp_path / "results" / "kills"
     storage = Storage(folder)
     state_dir = tmp_path / "state"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CLSWEEP_STATE_DIR": str(state_dir)}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    clsweep = [sys.executable, "-m", "sweeps.cli"]
-
     drivers = []
-
-    def start(step: int, *command: str) -> tuple[subprocess.Popen, Path]:
-        log = tmp_path / f"driver{step}.log"
-        drivers.append(subprocess.Popen([*clsweep, *command, "--num-cpus", "2"], stdout=log.open("w"),
-                                        stderr=subprocess.STDOUT, env=env, start_new_session=True))
-        return drivers[-1], log
+    start = _starter(tmp_path, drivers)
 
     seen: dict[str, object] = {}
 
@@ -207,31 +221,12 @@ HB_MILESTONES = (2, 5)      # cuts its 4 trials at task 2 (the best 2 go on to t
 def test_a_hyperband_sweep_killed_mid_bracket_resumes_each_bracket_where_it_was(tmp_path):
     """Ray keeps no scheduler state in its snapshot and re-adds restored trials newest first, finished ones
     as live: a resumed HyperBand must put each trial back in its own bracket with its reported tasks."""
-    data = {
-        "name": "hb",
-        "base": {"benchmark": {"name": "synthetic", "scenario": "task", "n_tasks": HB_TASKS},
-                 "model": {"name": "mlp", "hidden_sizes": [32]}, "strategy": {"name": "naive"},
-                 "train": {"optimizer": "sgd", "lr": 0.1, "epochs": 3, "batch_size": 16, "device": "cpu"}},
-        "search": {"train.lr": {"dist": "loguniform", "low": 1e-4, "high": 0.3}},
-        "objective": {"metric": "val_average_accuracy"},
-        "algorithm": {"name": "random", "num_samples": HB_TRIALS, "seed": 5},
-        "scheduler": {"name": "hyperband", "reduction_factor": 2.5},
-        "resources": {"cpu": 1},
-        "storage": {"path": str(tmp_path / "results")},
-        "max_failures": 1,
-    }
-    spec_file = tmp_path / "hb.yaml"
-    spec_file.write_text(yaml.safe_dump(data))
+    spec_file = _sweep_file(tmp_path, "hb", HB_TASKS, 3, algorithm={"name": "random", "num_samples": HB_TRIALS, "seed": 5},
+                            scheduler={"name": "hyperband", "reduction_factor": 2.5})
     folder = tmp_path / "results" / "hb"
     storage = Storage(folder)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CLSWEEP_STATE_DIR": str(tmp_path / "state")}
-    env.pop("RAY_ADDRESS", None)
-    clsweep = [sys.executable, "-m", "sweeps.cli"]
-
-    def start(step: int, *command: str) -> tuple[subprocess.Popen, Path]:
-        log = tmp_path / f"driver{step}.log"
-        return subprocess.Popen([*clsweep, *command, "--num-cpus", "2"], stdout=log.open("w"),
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True), log
+    drivers = []
+    start = _starter(tmp_path, drivers)
 
     # killed once a trial has ended and another waits at bracket 1's milestone
     driver, log = start(0, "run", str(spec_file))
