@@ -572,14 +572,16 @@ class SweepSpec(_Section):
         ``params`` is a trial's Ray config (search keys to values, list values encoded as strings), and
         ``seed`` for a finalist's run on a fresh seed; other keys are ignored.
         """
-        values = {key: decode_value(key, value) for key, value in params.items() if key in self.search or key == "seed"}
-        values.update(self.protocol.search_overrides())  # the tasks and data the search may see, and no other
+        values = {**self.decoded(params), **self.protocol.search_overrides()}  # what the search may see, no more
         return ExperimentConfig.from_dict(_merged(self.base, self.active(values)))
+
+    def decoded(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A trial's searched values (and ``seed``) from its Ray config."""
+        return {key: decode_value(key, value) for key, value in params.items() if key in self.search or key == "seed"}
 
     def evaluation_config(self, params: dict[str, Any], seed: int) -> ExperimentConfig:
         """The config the protocol evaluates a trial's values with: the evaluation stream, on ``seed``."""
-        values = {key: decode_value(key, value) for key, value in params.items() if key in self.search}
-        config = ExperimentConfig.from_dict(_merged(self.base, self.active({**values, "seed": seed})))
+        config = ExperimentConfig.from_dict(_merged(self.base, self.active({**self.decoded(params), "seed": seed})))
         config.benchmark.task_range = self.evaluation_range
         config.validate()
         return config
@@ -590,7 +592,7 @@ class SweepSpec(_Section):
         aside): two_phase's target values of the fields its search changed."""
         if not isinstance(self.protocol, TwoPhase):
             return {}
-        target = self.evaluation_config({k: encode_value(d.candidates()[0]) for k, d in self.search.items()}, 0)
+        target = self.evaluation_config(self.first_values(), 0)
         return {key: getattr(target.benchmark, key) for key in self.protocol.tune_on}
 
     @property
@@ -653,7 +655,11 @@ class SweepSpec(_Section):
 
     def example_config(self) -> ExperimentConfig:
         """The config with every searched field at its first value (what the sweep's data comes from)."""
-        return self.trial_config({k: encode_value(d.candidates()[0]) for k, d in self.search.items()})
+        return self.trial_config(self.first_values())
+
+    def first_values(self) -> dict[str, Any]:
+        """Every searched field at its first value, as a trial's Ray config has it."""
+        return {k: encode_value(d.candidates()[0]) for k, d in self.search.items()}
 
     @property
     def n_tasks(self) -> int:
@@ -999,9 +1005,9 @@ class _Rules:
         if spec.reference.strategy is not None:
             raise self.error("reference.strategy", "the reference would train on tune_on's stream, while the "
                                                    "evaluation trains the target's", "null with two_phase")
-        first = {k: encode_value(d.candidates()[0]) for k, d in spec.search.items()}
+        first = spec.first_values()
         try:
-            ExperimentConfig.from_dict(_merged(spec.base, spec.active(first)))
+            ExperimentConfig.from_dict(_merged(spec.base, spec.active(spec.decoded(first))))
         except ConfigError:
             return  # not tune_on's fault: check_values names the bad field
         try:
