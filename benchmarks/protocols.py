@@ -5,8 +5,9 @@
 
 For each case (EWC and RWalk on Split MNIST, task- and domain-IL, and EWC on Permuted MNIST with 5
 tasks: the shipped sweep files), one `sweeps.compare.run_compare` over the protocols
-(default: end_of_training, prefix:2, prefix:2:rest). Each protocol's chosen values then train on
-the same ``--seeds`` fresh seeds. By default the sweeps are made small enough for 2 CPU cores:
+(default: end_of_training, prefix:2, prefix:2:rest, two_phase). ``two_phase`` stands for each case's
+own: tuned on Split Fashion-MNIST for the Split MNIST cases, on other permutations (``seed=1``) for
+Permuted MNIST. Each protocol's chosen values then train on the same ``--seeds`` fresh seeds. By default the sweeps are made small enough for 2 CPU cores:
 
 - 2,000 training samples per task, one epoch, MLP 256-256;
 - 500 Fisher samples for EWC;
@@ -35,12 +36,12 @@ sys.path.insert(0, str(ROOT))
 
 from sweeps.compare import markdown, run_compare  # noqa: E402
 
-CASES = {
-    "ewc_split_mnist_task": ("ewc_split_mnist_task.yaml", []),
-    "ewc_split_mnist_domain": ("ewc_split_mnist_domain.yaml", []),
-    "rwalk_split_mnist_task": ("rwalk_split_mnist_task.yaml", []),
-    "rwalk_split_mnist_domain": ("rwalk_split_mnist_domain.yaml", []),
-    "ewc_permuted_mnist_5": ("ewc_separate_permuted_mnist.yaml", ["benchmark.n_tasks=5"]),
+CASES = {  # case: (sweep file, overrides, its two_phase: the stream tuned on instead of the target)
+    "ewc_split_mnist_task": ("ewc_split_mnist_task.yaml", [], "two_phase:name=split_fashion_mnist"),
+    "ewc_split_mnist_domain": ("ewc_split_mnist_domain.yaml", [], "two_phase:name=split_fashion_mnist"),
+    "rwalk_split_mnist_task": ("rwalk_split_mnist_task.yaml", [], "two_phase:name=split_fashion_mnist"),
+    "rwalk_split_mnist_domain": ("rwalk_split_mnist_domain.yaml", [], "two_phase:name=split_fashion_mnist"),
+    "ewc_permuted_mnist_5": ("ewc_separate_permuted_mnist.yaml", ["benchmark.n_tasks=5"], "two_phase:seed=1"),
 }
 SMALL = ["benchmark.train_samples_per_task=2000", "train.epochs=1", "model.hidden_sizes=[256, 256]"]
 SMALL_EWC = ["strategy.fisher_samples=500"]
@@ -50,7 +51,8 @@ ALWAYS = ["tracking.mlflow=false", "resources.cpu=1", "algorithm.max_concurrent=
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
-    parser.add_argument("--protocols", default="end_of_training,prefix:2,prefix:2:rest")
+    parser.add_argument("--protocols", default="end_of_training,prefix:2,prefix:2:rest,two_phase",
+                        help="clsweep compare tokens; two_phase: each case's own (CASES)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=16, help="trials per sweep (not with --full)")
     parser.add_argument("--full", action="store_true", help="the sweep files' own sizes and trial counts")
@@ -69,13 +71,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="clsweep-protocols-") as tmp:
         storage = Path(args.keep).resolve() if args.keep else Path(tmp)
         for case in cases:
-            file, extra = CASES[case]
+            file, extra, two_phase = CASES[case]
             overrides = [*extra, *ALWAYS, f"storage.path={storage}", f"name={case}"]
             if not args.full:
                 overrides += [*SMALL, f"algorithm.num_samples={args.trials}"]
                 overrides += SMALL_EWC if case.startswith("ewc") else []
             started = time.perf_counter()
-            rows, _ = run_compare(ROOT / "search_spaces" / file, tokens, args.seeds, overrides, verbose=0)
+            case_tokens = [two_phase if t == "two_phase" else t for t in tokens]
+            rows, _ = run_compare(ROOT / "search_spaces" / file, case_tokens, args.seeds, overrides, verbose=0)
             print(f"\n## {case} ({time.perf_counter() - started:.0f} s)\n", flush=True)
             print(markdown(rows), flush=True)
             out[case] = {r["protocol"]: {"mean": r["test_average_accuracy"], "std": r["test_average_accuracy_std"],
