@@ -145,7 +145,10 @@ class HyperBand(Recorded, S.HyperBandScheduler):
         self._settle(tune_controller)
         S.HyperBandScheduler.on_trial_add(self, tune_controller, trial)
         bracket, band = self._trial_info[trial]
-        record_bracket(experiment_dir, trial.trial_id, band, self._hyperbands[band].index(bracket))
+        place = band, self._hyperbands[band].index(bracket)
+        record_bracket(experiment_dir, trial.trial_id, *place)
+        if self._recorded is not None:
+            self._recorded[trial.trial_id] = place
         return None
 
     def _put_back(self, trial, band: int, index: int) -> None:
