@@ -445,7 +445,7 @@ def _evaluate(spec: SweepSpec, state: SweepState, raw, verbose: int, reference: 
         "name": EVALUATION_DIR, "base": base, "protocol": EndOfTraining(name="end_of_training"),
         "scheduler": Fifo(name="fifo"), "selection": Selection()}), folder)
     target = runs.example_config().benchmark
-    if raw_key(target) != raw_key(spec.example_config().benchmark):  # two_phase: the target's data, loaded now
+    if raw is None or raw.key != raw_key(target):  # two_phase: the target's data, loaded now
         raw = load_raw(target)
     if verbose:
         print(f"clsweep: {spec.protocol_description}; trial {best.trial_id} on seeds {seeds}", flush=True)
