@@ -111,6 +111,10 @@ class BenchmarkConfig:
     # [start, stop): train and evaluate tasks start..stop-1 of the stream alone, renumbered from 0 (a
     # selection protocol's view: the other tasks' data never reaches the run); null: every task
     task_range: Optional[list[int]] = None
+    # k: the first k tasks' data alone, the model built for the whole stream (its heads, its class-IL
+    # units); the later tasks are neither trained nor evaluated (their accuracy NaN): a per-task
+    # protocol's view at task k - 1, which continues the stream where the previous view stopped
+    visible_tasks: Optional[int] = None
     data_dir: Optional[str] = None
     download: bool = True
 
@@ -149,6 +153,13 @@ class BenchmarkConfig:
                      0 <= self.task_range[0] < self.task_range[1] <= self.n_tasks, p + "task_range",
                      f"must be [start, stop] with 0 <= start < stop <= n_tasks ({self.n_tasks}), got {self.task_range!r}",
                      f"e.g. [0, {min(2, self.n_tasks)}] (the first tasks) or null (all)")
+        if self.visible_tasks is not None:
+            _require(isinstance(self.visible_tasks, int) and 1 <= self.visible_tasks <= self.n_tasks,
+                     p + "visible_tasks", f"must be an integer in 1..n_tasks ({self.n_tasks}), got {self.visible_tasks!r}",
+                     f"1..{self.n_tasks}, or null (every task)")
+            _require(self.task_range is None, p + "visible_tasks", "cannot be set together with task_range (a "
+                     "stream of its own, renumbered): visible_tasks counts the whole stream's tasks",
+                     "one of task_range and visible_tasks, or neither")
         if self.data_dir is not None:
             _require(Path(self.data_dir).expanduser().is_dir() or self.download, p + "data_dir",
                      f"directory {self.data_dir!r} does not exist and benchmark.download is false",
@@ -159,8 +170,10 @@ class BenchmarkConfig:
 
     @property
     def tasks_run(self) -> int:
-        """Tasks a run trains: ``n_tasks``, or those of ``task_range``."""
-        return self.n_tasks if self.task_range is None else self.task_range[1] - self.task_range[0]
+        """Tasks a run trains: ``n_tasks``, those of ``task_range``, or the ``visible_tasks``."""
+        if self.task_range is not None:
+            return self.task_range[1] - self.task_range[0]
+        return self.n_tasks if self.visible_tasks is None else self.visible_tasks
 
     @property
     def classes_per_task(self) -> int:
@@ -287,6 +300,11 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
+    # one mapping per task trained, of the values that task trains with ({"train.lr": 0.01,
+    # "strategy.lambda": 100.0}), set at its start on top of the fields above: `mutable_paths` alone
+    # (what can change between tasks while the weights, the optimiser's moments and the strategy's
+    # state carry on); null: the same values throughout. A per_task protocol's choice.
+    schedule: Optional[list[dict]] = None
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> "ExperimentConfig":
@@ -296,7 +314,31 @@ class ExperimentConfig:
         self.model.validate(self.benchmark.scenario)
         self.strategy.validate()
         self.train.validate()
+        if self.schedule is not None:
+            tasks = self.benchmark.tasks_run
+            _require(len(self.schedule) == tasks, "schedule",
+                     f"needs one mapping per task trained ({tasks}), got {len(self.schedule)}")
+            allowed = mutable_paths()
+            for t, values in enumerate(self.schedule):
+                _require(isinstance(values, dict), f"schedule[{t}]", f"must be a mapping, got {values!r}")
+                for key in values:
+                    _require(key in allowed, f"schedule[{t}].{key}", "cannot change between tasks (the model, "
+                             "the stream, the optimiser and the seed are fixed once task 0 starts)",
+                             ", ".join(allowed))
+                try:
+                    self.at_task(t)
+                except ConfigError as error:
+                    raise ConfigError(f"schedule[{t}].{error.field}", error.message) from None
         return self
+
+    def at_task(self, t: int) -> "ExperimentConfig":
+        """The config task ``t`` trains with: ``schedule[t]`` applied (itself when there is no schedule)."""
+        if self.schedule is None:
+            return self
+        data = {**self.to_dict(), "schedule": None}
+        for path, value in self.schedule[t].items():
+            set_path(data, path, value)
+        return ExperimentConfig.from_dict(data)
 
     # ---------------------------------------------------------------- dict / yaml
     @classmethod
@@ -456,9 +498,9 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_paths() -> dict[str, type]:
     """Every settable dotted path with its value type (strategy parameters included)."""
-    out = {"seed": int}
+    out = {"seed": int, "schedule": Optional[list[dict]]}
     for f in dataclasses.fields(ExperimentConfig):
-        if f.name == "seed":
+        if f.name in out:
             continue
         section = typing.get_type_hints(ExperimentConfig)[f.name]
         if section is StrategyConfig:

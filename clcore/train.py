@@ -164,6 +164,7 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
                         mean=benchmark.mean, std=benchmark.std).to(device)
     strategy: Strategy = build_strategy(config.strategy)
     optimizer = make_optimizer(model, config.train, device)
+    stop = min(benchmark.n_tasks, config.benchmark.tasks_run)  # visible_tasks: the stream goes on in a later run
     batch_order = torch.Generator(device=device).manual_seed(config.seed)
     eval_bs = config.train.eval_batch_size
     cfg = config.train
@@ -182,10 +183,7 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
         strategy.load_state_dict(resume_from["strategy"])
         if resume_from.get("optimizer") is not None:
             optimizer.load_state_dict(resume_from["optimizer"])
-            for group in optimizer.param_groups:  # hyperparameters come from the (maybe mutated) config
-                group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
-                if "momentum" in group:
-                    group["momentum"] = cfg.momentum
+            _configure(optimizer, cfg)  # hyperparameters come from the (maybe mutated) config
         _set_rng_state(resume_from["rng"], batch_order, device)
         val_rows, test_rows = resume_from["val_matrix"], resume_from["test_matrix"]
         initial_val, initial_test = resume_from["initial_val"], resume_from["initial_test"]
@@ -199,9 +197,15 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
     started = time.perf_counter()
     report_is_current = [False]  # whether the last TaskReport still describes the training state
-    for t in range(start_task, benchmark.n_tasks):
+    for t in range(start_task, stop):
         report_is_current[0] = False  # training task t changes what the previous report's checkpoint() sees
         task = tasks[t]
+        if config.schedule is not None:  # this task's values; the weights, moments and strategy state go on
+            now = config.at_task(t)
+            cfg = now.train
+            _configure(optimizer, cfg)
+            state, strategy = strategy.state_dict(), build_strategy(now.strategy)
+            strategy.load_state_dict(state)
         model.head.set_seen_tasks(max(int(model.head.seen_tasks), t + 1))
         if t > 0 and cfg.reset_optimizer:
             optimizer = make_optimizer(model, cfg, device)
@@ -271,6 +275,14 @@ def run(config: ExperimentConfig, callbacks: Iterable[Callable[[TaskReport], Non
 
     return Result(config, val_rows, test_rows, initial_val, initial_test, dict(history[-1]) if history else {},
                   history, str(device), time.perf_counter() - started)
+
+
+def _configure(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """Set the optimiser's hyperparameters to ``cfg``'s, keeping its state (moments, momentum buffers)."""
+    for group in optimizer.param_groups:
+        group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
+        if "momentum" in group:
+            group["momentum"] = cfg.momentum
 
 
 def passes(n: int, cfg: TrainConfig) -> list[int]:

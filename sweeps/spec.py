@@ -107,7 +107,8 @@ SAMPLERS = ("tpe", "random")
 # Fields a sweep cannot search: the dataset is loaded once per sweep and shared by its trials, and
 # benchmark.n_tasks is the schedulers' time axis.
 NOT_SEARCHABLE = ("benchmark.name", "benchmark.data_dir", "benchmark.download", "benchmark.n_tasks",
-                  "benchmark.task_range")  # (the task range is the protocol's)
+                  "benchmark.task_range", "benchmark.visible_tasks",  # (which tasks trials see is the protocol's)
+                  "schedule")  # (per_task's result: the search space is each task's)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # s3://, gs://, file://, hdfs://: not a directory path
 NUMBER_TEXT = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"  # YAML 1.1 reads 1e-3 as a string

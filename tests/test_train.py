@@ -283,3 +283,61 @@ def test_joint_on_split_mnist_does_not_forget_in_class_il(mnist_raw):
     R = result.test_matrix
     assert M.forgetting(R) < 0.1, R
     assert min(R[4]) > 0.8 and result.metrics["test_average_accuracy"] > 0.85, R[4]
+
+
+# ------------------------------------------------------------------------------------ schedules, visible tasks
+def lower_triangle(matrix):
+    return [row[:i + 1] for i, row in enumerate(matrix)]
+
+
+@pytest.mark.parametrize("sections", [STATEFUL, {"strategy": {"name": "ewc", "lambda": 50.0}, **STEPS_ADAM}],
+                         ids=["sgd-momentum-dropout", "ewc-adam-steps"])
+def test_a_schedule_trains_like_a_chain_of_runs_each_seeing_one_task_more(sections, synthetic):
+    """What a per_task protocol does: run k sees tasks 0..k alone (benchmark.visible_tasks), continues
+    from run k-1's checkpoint with task k's values, and stops; one run with the same values as its
+    schedule trains the same weights, and its matrices agree wherever the chain could measure."""
+    config = small_config(**sections)
+    values = [{"train.lr": lr} for lr in (0.05, 0.02, 0.08, 0.01, 0.03)] if "lambda" not in config.strategy.params else \
+        [{"train.lr": lr, "strategy.lambda": lam} for lr, lam in zip((3e-3, 1e-3, 2e-3, 3e-3, 5e-4),
+                                                                    (50.0, 500.0, 5.0, 100.0, 1000.0))]
+    saved, rows = None, []
+    for k, chosen in enumerate(values):
+        step = config.with_overrides({**chosen, "benchmark.visible_tasks": k + 1})
+        result, checkpoints, _ = collect(step, resume_from=saved, raw=synthetic)
+        assert sorted(checkpoints) == [k]  # the run trained task k alone
+        assert all(math.isnan(a) for row in result.val_matrix for a in row[k + 1:])  # later tasks: no data seen
+        saved = through_disk(checkpoints[k])
+    chain = result
+    scheduled, checkpoints, model = collect(config.with_overrides({"schedule": values}), raw=synthetic)
+    assert lower_triangle(scheduled.val_matrix) == lower_triangle(chain.val_matrix)
+    assert lower_triangle(scheduled.test_matrix) == lower_triangle(chain.test_matrix)
+    assert_same_state(model, saved["model"])
+    assert not any(math.isnan(a) for row in scheduled.test_matrix for a in row)  # it saw every task
+    fixed, _, _ = collect(config.with_overrides(values[0]), raw=synthetic)  # the values did change something
+    assert fixed.test_matrix != scheduled.test_matrix
+    # a schedule that keeps one value throughout is the unscheduled run
+    same, _, _ = collect(config.with_overrides({"schedule": [values[0]] * 5}), raw=synthetic)
+    assert_same_result(same, fixed)
+
+
+def test_visible_tasks_hands_the_run_no_data_of_a_later_task(synthetic):
+    config = small_config({"benchmark.visible_tasks": 2, "benchmark.scenario": "class"})
+    benchmark = build_benchmark(config.benchmark, synthetic)
+    assert benchmark.n_tasks == 5  # the model's shape: every task's units
+    assert [len(t.train) > 0 and len(t.val) > 0 and len(t.test) > 0 for t in benchmark.tasks] == [True] * 2 + [False] * 3
+    assert all(t.train.x.untyped_storage().size() == 0 for t in benchmark.tasks[2:])  # not even a view of it
+    result = run(config, raw=synthetic)
+    assert len(result.val_matrix) == 2 and result.metrics["tasks_seen"] == 2
+
+
+def test_a_bad_schedule_names_the_task_and_the_field():
+    from clcore.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"schedule: needs one mapping per task trained \(5\), got 2"):
+        small_config({"schedule": [{}, {}]})
+    with pytest.raises(ConfigError, match=r"schedule\[1\]\.model\.hidden_sizes: cannot change between tasks"):
+        small_config({"schedule": [{}, {"model.hidden_sizes": [8]}, {}, {}, {}]})
+    with pytest.raises(ConfigError, match=r"schedule\[3\]\.train\.lr"):
+        small_config({"schedule": [{}, {}, {}, {"train.lr": -1.0}, {}]})
+    with pytest.raises(ConfigError, match="benchmark.visible_tasks: must be an integer in 1..n_tasks"):
+        small_config({"benchmark.visible_tasks": 6})

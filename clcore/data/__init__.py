@@ -115,6 +115,17 @@ class Benchmark:
                  for new, task in enumerate(self.tasks[start:stop])]
         return replace(self, tasks=tasks)
 
+    def visible(self, k: int) -> "Benchmark":
+        """The whole stream with the data of tasks ``k..`` taken out (their splits empty): a run builds
+        its model for every task and trains the first ``k`` alone; the others' accuracy is NaN."""
+        def hidden(s: Split) -> Split:
+            return Split(s.x[:0].clone(), s.y[:0].clone(), s.task_ids[:0].clone())  # no view of the data
+
+        tasks = [task if task.id < k else Task(task.id, task.classes, *(hidden(s) for s in (task.train, task.val,
+                                                                                            task.test)))
+                 for task in self.tasks]
+        return replace(self, tasks=tasks)
+
 
 # ---------------------------------------------------------------------------------- loading
 def load_raw(config: BenchmarkConfig) -> RawData:
@@ -247,7 +258,9 @@ def build_benchmark(config: BenchmarkConfig, raw: RawData, device: torch.device 
     if not config.normalize:  # the model's (x / 255 - mean) / std is then x / 255
         mean, std = tuple(0.0 for _ in mean), tuple(1.0 for _ in std)
     benchmark = Benchmark(config.name, config.scenario, tasks, tuple(raw.x_train.shape[1:]), k, mean, std)
-    return benchmark if config.task_range is None else benchmark.view(*config.task_range)
+    if config.task_range is not None:
+        return benchmark.view(*config.task_range)
+    return benchmark if config.visible_tasks is None else benchmark.visible(config.visible_tasks)
 
 
 def load_benchmark(config: BenchmarkConfig, device: torch.device | str = "cpu") -> Benchmark:
