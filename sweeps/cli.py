@@ -36,7 +36,7 @@ EXIT_NO_TRIAL, EXIT_BAD_INPUT, EXIT_LOST = 1, 2, 3
 
 def sweep_exit_status(state) -> int:
     """``run``'s and ``resume``'s exit status for the sweep ``state`` they leave (the module docstring)."""
-    return EXIT_NO_TRIAL if state.best() is None else EXIT_LOST if state.lost() else 0
+    return EXIT_NO_TRIAL if state.chosen_config() is None else EXIT_LOST if state.lost() else 0
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -255,6 +255,9 @@ def format_summary(state, table: bool = True) -> str:
                      f"checkpoint, --restart-errored reruns them from scratch")
     best = state.best()
     rejected = sum(t.outcome == Outcome.REJECTED for t in state.trials)
+    if state.rounds or state.schedule or spec.protocol.name == "per_task":
+        return "\n".join(lines[:1] + _rounds(state) + [
+            f"storage: {state.path}, {folder_bytes(state.path) / 1e6:.1f} MB   (clsweep status {state.path})"])
     lines += _reference(state.reference)
     if spec.objective.require:
         lines.append("required after every task: " + ", ".join(map(str, spec.objective.requirements())) +
@@ -281,6 +284,30 @@ def format_summary(state, table: bool = True) -> str:
         lines.append(f"{unfinished} trials unfinished: continue with   clsweep resume {state.path}")
     lines.append(f"storage: {state.path}, {folder_bytes(state.path) / 1e6:.1f} MB   (clsweep status {state.path})")
     return "\n".join(lines)
+
+
+def _rounds(state) -> list[str]:
+    """per_task: each round's trials and the one it kept (the schedule), then the schedule's evaluation."""
+    from sweeps.storage import BEST_CONFIG_FILE, Outcome
+
+    spec, metric = state.spec, state.spec.objective.metric
+    lines = [f"sweep {spec.name}: {spec.protocol_description}; {len(state.schedule)} of {spec.n_tasks} rounds "
+             f"finished" + (f" in {state.wall_seconds:.0f}s" if state.wall_seconds is not None else "")]
+    for task, runs in enumerate(state.rounds):
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(runs.counts().items())) or "no trials yet"
+        kept = next((entry for entry in state.schedule if entry["task"] == task), None)
+        chosen = "" if kept is None else f": kept {kept['trial_id']}, {metric} {kept['value']:.4f}, " + \
+            ", ".join(f"{k} = {_short(v)}" for k, v in kept["values"].items())
+        lines.append(f"  round {task} ({counts}){chosen}")
+        lines += [f"    {t.trial_id} ({t.cause or 'cause not recorded'}): {t.error}"
+                  for t in runs.trials if t.outcome == Outcome.FAILED]
+    lines += _evaluation(state)
+    config_file = state.path / BEST_CONFIG_FILE
+    if config_file.exists():
+        lines.append(f"  schedule: {config_file}   (clsweep train {config_file} trains it again)")
+    elif len(state.schedule) < spec.n_tasks:
+        lines.append(f"the schedule is not complete: continue with   clsweep resume {state.path}")
+    return lines
 
 
 def _reference(stored) -> list[str]:

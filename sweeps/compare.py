@@ -31,11 +31,12 @@ from typing import Optional
 import yaml
 
 from clcore.config import ConfigError
-from sweeps.spec import SweepSpec, load_spec
+from sweeps.spec import PerTask, SweepSpec, load_spec
 
-TOKEN = re.compile(r"^(end_of_training|prefix:(\d+)(:rest)?|two_phase:([a-z_]+)=([^,:=]+))$")
+TOKEN = re.compile(r"^(end_of_training|prefix:(\d+)(:rest)?|two_phase:([a-z_]+)=([^,:=]+)|per_task(:seen)?)$")
 TOKENS = ("end_of_training, prefix:K (tune on the first K tasks, evaluate on all), prefix:K:rest, "
-          "two_phase:FIELD=VALUE (tune on the benchmark with that field changed: two_phase:seed=1)")
+          "two_phase:FIELD=VALUE (tune on the benchmark with that field changed: two_phase:seed=1), "
+          "per_task (a round per task, selected on it), per_task:seen (selected on the tasks seen)")
 COMPARE_FILES = ("compare.csv", "compare.md", "compare.json", "compare.png")
 COLUMNS = ("average_accuracy", "forgetting", "min_accuracy_current_task")  # test, mean ± std
 
@@ -49,6 +50,8 @@ def protocol_section(token: str, seeds: int) -> dict:
     match = TOKEN.match(token)
     if match is None:
         raise ConfigError("--protocols", f"unknown protocol {token!r}", TOKENS)
+    if token.startswith("per_task"):
+        return {"name": "per_task", "select_on": "seen" if match.group(6) else "current", "seeds": seeds}
     if match.group(4) is not None:
         return {"name": "two_phase", "tune_on": {match.group(4): yaml.safe_load(match.group(5))}, "seeds": seeds}
     if match.group(2) is None:
@@ -68,9 +71,12 @@ def plan(path: str | Path, tokens: list[str], seeds: int, overrides: Optional[li
     out = []
     for token in tokens:
         section = protocol_section(token, seeds)
+        # per_task ranks each round by its select_on metric, and its trials train one task: no scheduler
+        rounds = [f"objective.metric={PerTask(**section).metric}", "scheduler=fifo"] if section["name"] == "per_task" \
+            else []
         try:
             spec = load_spec(path, [*(overrides or []), f"name={protocol_sweep_name(name, token)}",
-                                    f"protocol={json.dumps(section)}"])
+                                    f"protocol={json.dumps(section)}", *rounds])
         except ConfigError as error:
             raise ConfigError("--protocols", f"{token}: {error}") from None
         out.append((token, spec))

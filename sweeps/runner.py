@@ -47,14 +47,15 @@ from clcore.data import load_raw, raw_key
 from sweeps import environment, localray, space
 from sweeps import ray_private
 from sweeps.ray_private import BestOfCompleteReporter, attach_callbacks, snapshot_before_training
-from sweeps.spec import (OBJECTIVE_ATTR, Algorithm, EndOfTraining, Fifo, Objective, ReferenceSpec, Selection,
-                         SweepSpec, Values)
+from sweeps.spec import (OBJECTIVE_ATTR, Algorithm, EndOfTraining, Fifo, Objective, PerTask, ReferenceSpec,
+                         Selection, SweepSpec, Values)
 from sweeps.storage import (BEST_CONFIG_FILE, CHECKPOINT_DIRS, ERROR, EVALUATION_DIR, EVALUATION_OF, FAILURE_FILE,
                             FINALIST_OF, FINALISTS_DIR,
-                            INFRASTRUCTURE, REFERENCE_DIR, REFERENCE_FILE, SPEC_FILE, SUMMARY_FILE, TERMINATED,
-                            TIME_ATTR, TRAINING, Outcome,
+                            INFRASTRUCTURE, REFERENCE_DIR, REFERENCE_FILE, ROUNDS_DIR, SCHEDULE, SPEC_FILE,
+                            SUMMARY_FILE, TERMINATED, TIME_ATTR, TRAINING, Outcome,
                             SweepState, TrialLedger, TrialRecord, as_reference, load_sweep, read_reference,
-                            reference_from, trial_dirname)
+                            read_schedule, reference_from, round_dirname, trial_dirname, write_schedule)
+from sweeps.trainable import CHECKPOINT_FILE
 from sweeps.trainable import TrialLoggerFactory, run_trial
 
 # Ray settings for a readable console and lean storage; set only where the user has not. Ray
@@ -117,6 +118,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
         spec.to_yaml(path / SPEC_FILE)
         tracking.sweep_started(spec, path, resumed=False)
         reference = _train_reference(spec, path, raw, verbose)
+        if isinstance(spec.protocol, PerTask):
+            return _fit_rounds(spec, path, tracking, raw, verbose)
         tuner = _new_tuner(spec, path, raw, tracking, verbose, reference)
         return _fit(tuner, spec, path, tracking, raw, verbose, reference)
 
@@ -164,9 +167,9 @@ def reuse_actors() -> bool:
 
 
 def _new_tuner(spec: SweepSpec, path: Path, raw, tracking: Tracking, verbose: int,
-               reference: Optional[dict]) -> tune.Tuner:
+               reference: Optional[dict], **start) -> tune.Tuner:
     return tune.Tuner(
-        _trainable(spec, raw, tracking.trial_logger(), reference),
+        _trainable(spec, raw, tracking.trial_logger(), reference, **start),
         param_space=space.param_space(spec),
         tune_config=tune.TuneConfig(metric=OBJECTIVE_ATTR, mode=spec.mode,  # the objective, requirements applied
                                     search_alg=search_algorithm(spec), scheduler=scheduler(spec),
@@ -213,6 +216,8 @@ def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: O
     with ray_session(address, num_cpus):
         tracking.sweep_started(spec, path, resumed=True)  # before trial_logger() is asked for
         reference = _train_reference(spec, path, raw, verbose=1)
+        if isinstance(spec.protocol, PerTask):
+            return _fit_rounds(spec, path, tracking, raw, 1)
         if not searching:
             return _fit(_new_tuner(spec, path, raw, tracking, 1, reference), spec, path, tracking, raw, 1, reference)
         # a restart is a resume with no checkpoint left: the same trial, folder and MLflow run (Ray's own
@@ -342,6 +347,79 @@ def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking, raw, verbose: i
     if spec.evaluation_seeds:
         _evaluate(spec, state, raw, verbose, reference)
         state = load_sweep(path)
+    return _finish(spec, state, path, tracking, started)
+
+
+def _fit_rounds(spec: SweepSpec, path: Path, tracking: Tracking, raw, verbose: int) -> SweepState:
+    """per_task: one round per task, each a sweep of its own in ``rounds/task_<t>``, started from the
+    model the round before kept; the kept trial of each round goes into ``schedule.json`` as the round
+    ends, so a resume starts at the first round not in it (a round the driver left unfinished starts
+    again). Then the schedule trains on the protocol's fresh seeds (`_evaluate_schedule`)."""
+    started = time.perf_counter()
+    schedule = read_schedule(path)
+    for task in range(len(schedule), spec.n_tasks):
+        folder = path / ROUNDS_DIR / round_dirname(task)
+        shutil.rmtree(folder, ignore_errors=True)
+        runs = _stored_at(spec.round_spec(task, round_dirname(task)), folder)
+        kept = _kept_model(path / ROUNDS_DIR / round_dirname(task - 1), schedule[-1]) if schedule else None
+        if verbose:
+            print(f"clsweep: round {task + 1} of {spec.n_tasks}: task {task}" +
+                  (f", from trial {schedule[-1]['trial_id']}'s model" if schedule else ""), flush=True)
+        folder.mkdir(parents=True)
+        runs.to_yaml(folder / SPEC_FILE)
+        tuner = _new_tuner(runs, folder, raw, tracking, verbose, None, **({"start": kept} if kept else {}))
+        attach_callbacks(tuner, [snapshot_before_training(tuner), _TrialLedgerCallback(folder),
+                                 *tracking.callbacks()])
+        tuner.fit()
+        best = load_sweep(folder).best()
+        if best is None:
+            print(f"clsweep: round {task + 1}: no trial completed task {task}; the schedule stops there", flush=True)
+            break
+        schedule.append({"task": task, "trial_id": best.trial_id, "values": runs.active(runs.decoded(best.params)),
+                         "value": best.last[runs.objective.metric]})
+        write_schedule(path, schedule)
+    state = load_sweep(path)
+    if len(state.schedule) == spec.n_tasks:
+        _evaluate_schedule(spec, state, raw, verbose)
+        state = load_sweep(path)
+    return _finish(spec, state, path, tracking, started)
+
+
+def _kept_model(folder: Path, entry: dict) -> dict:
+    """The checkpoint a round continues from: the newest of the trial the round before kept, with its
+    clcore seconds set to 0 (a round's trial counts the task it trains itself)."""
+    files = sorted((folder / trial_dirname(entry["trial_id"])).glob(f"{CHECKPOINT_DIRS}/{CHECKPOINT_FILE}"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: trial {entry['trial_id']}, kept for task {entry['task']}, has no "
+                                f"checkpoint left to continue from")
+    import torch
+
+    saved = torch.load(files[-1], weights_only=True)
+    return {**saved, "clcore_seconds": 0.0}
+
+
+def _evaluate_schedule(spec: SweepSpec, state: SweepState, raw, verbose: int) -> None:
+    """per_task's evaluation: the schedule trained from scratch, every task seen, on ``protocol.seeds``
+    fresh seeds, in parallel, a sweep of its own in ``<sweep>/evaluation`` (``evaluation_of: schedule``).
+    One that did not finish starts again."""
+    seeds = spec.evaluation_seeds
+    runs_now = state.evaluation.trials if state.evaluation is not None else []
+    if len(runs_now) == len(seeds) and all(t.outcome.ended for t in runs_now):
+        return
+    folder = state.path / EVALUATION_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    base = {**copy.deepcopy(spec.base), "schedule": [entry["values"] for entry in state.schedule]}
+    runs = _stored_at(spec.model_copy(update={
+        "name": EVALUATION_DIR, "base": base, "protocol": EndOfTraining(name="end_of_training"),
+        "scheduler": Fifo(name="fifo"), "selection": Selection()}), folder)
+    if verbose:
+        print(f"clsweep: {spec.protocol_description}; the schedule on seeds {seeds}", flush=True)
+    _side_sweep(runs, _trainable(runs, raw, None, None, _run_again, key=EVALUATION_OF, values={SCHEDULE: {}}),
+                {EVALUATION_OF: tune.grid_search([SCHEDULE]), "seed": tune.grid_search(seeds)}, verbose)
+
+
+def _finish(spec: SweepSpec, state: SweepState, path: Path, tracking: Tracking, started: float) -> SweepState:
+    """After the last phase: prune the checkpoints, write ``summary.json`` and ``best_config.yaml``."""
     if not spec.storage.keep_ended:
         state.prune_checkpoints()
     state.wall_seconds = time.perf_counter() - started

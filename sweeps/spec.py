@@ -497,7 +497,31 @@ class TwoPhase(Protocol):
         return f"two_phase: tuned on all {n_tasks} tasks of the benchmark with {changed}, evaluated on the target"
 
 
-PROTOCOL_KINDS = (EndOfTraining, Prefix, TwoPhase)
+class PerTask(Protocol):
+    """Lee et al. 2024's current-task and seen-tasks frameworks (arXiv 2404.06466), Renate's tuning at
+    each update: one round per task. In round t every candidate the search draws starts from the model
+    kept after task t - 1, trains task t alone, and the one with the best validation accuracy on task t
+    (``select_on: current``) or on tasks 0..t (``seen``) is kept: the next round starts from its
+    checkpoint. A round's trials see tasks 0..t alone (``benchmark.visible_tasks: t + 1``: the later
+    tasks' data is not in their benchmark). The chosen values may differ per task: the result is a
+    schedule (a config's ``schedule:``), trained again from scratch on ``seeds`` fresh seeds."""
+
+    name: Literal["per_task"]
+    select_on: Literal["current", "seen"] = "current"
+    seeds: _kind(int, ge=1) = 3
+
+    @property
+    def metric(self) -> str:
+        """The metric each round ranks its trials by."""
+        return {"current": "val_accuracy_current_task", "seen": "val_average_accuracy"}[self.select_on]
+
+    def describe(self, n_tasks: int) -> str:
+        on = "task t" if self.select_on == "current" else "tasks 0..t"
+        return (f"per_task: {n_tasks} rounds, each from the model kept after the round before, selected on "
+                f"{on}; the schedule evaluated on every task")
+
+
+PROTOCOL_KINDS = (EndOfTraining, Prefix, TwoPhase, PerTask)
 PROTOCOLS = {typing.get_args(kind.model_fields["name"].annotation)[0]: kind for kind in PROTOCOL_KINDS}
 
 
@@ -586,6 +610,20 @@ class SweepSpec(_Section):
         config.benchmark.task_range = self.evaluation_range
         config.validate()
         return config
+
+    def round_spec(self, task: int, name: str) -> "SweepSpec":
+        """per_task's round ``task`` as a sweep of its own, ``name``: the search on the base that sees
+        tasks 0..task alone (``benchmark.visible_tasks``), every trial to that task."""
+        base = copy.deepcopy(self.base)
+        base.setdefault("benchmark", {})["visible_tasks"] = task + 1
+        return self.model_copy(update={"name": name, "base": base, "protocol": EndOfTraining(name="end_of_training")})
+
+    def schedule_config(self, schedule: list[dict[str, Any]], seed: int) -> ExperimentConfig:
+        """per_task's choice as a config: the base on ``seed`` with, per task, the searched values its
+        round kept (``schedule``, one mapping per task, as ``schedule.json`` holds them)."""
+        data = _merged(self.base, {"seed": seed})
+        data["schedule"] = [self.active(dict(values)) for values in schedule]
+        return ExperimentConfig.from_dict(data)
 
     @property
     def evaluation_benchmark(self) -> dict[str, Any]:
@@ -962,6 +1000,8 @@ class _Rules:
         p = spec.protocol
         if isinstance(p, TwoPhase):
             return self.two_phase(p, spec)
+        if isinstance(p, PerTask):
+            return self.per_task(p, spec)
         if not isinstance(p, Prefix):
             return
         try:
@@ -983,6 +1023,41 @@ class _Rules:
         if p.evaluate_on == "rest" and spec.reference.strategy is not None:
             raise self.error("reference.strategy", "the reference trains the whole stream, while evaluate_on: rest "
                                                    "trains the tasks after the prefix alone", "null with evaluate_on: rest")
+
+    def per_task(self, p: PerTask, spec: SweepSpec) -> None:
+        """A round trains one task from the kept model: its values are what can change between tasks."""
+        schedulable = mutable_paths()
+        for key in spec.search:
+            if key not in schedulable:
+                raise self.error(f"search.{key}", "cannot change between tasks, and per_task chooses values per "
+                                                  "task (the model, the stream, the optimiser and the seed are fixed "
+                                                  "once task 0 starts)", ", ".join(schedulable))
+        if spec.scheduler.name != "fifo":
+            raise self.error("scheduler", f"got {spec.scheduler.name}, but a per_task trial trains one task and ends: "
+                                          f"there is nothing to stop early or to exploit", "fifo with per_task")
+        if "metric" not in spec.objective.model_fields_set:  # select_on names it
+            spec.objective = spec.objective.model_copy(update={"metric": p.metric})
+            spec.objective.model_fields_set.add("metric")
+        if spec.objective.metric != p.metric:
+            raise self.error("objective.metric", f"got {spec.objective.metric}, but per_task with select_on "
+                                                 f"{p.select_on} ranks each round by {p.metric}",
+                             f"{p.metric} (or leave it out), or protocol.select_on "
+                             f"{'seen' if p.select_on == 'current' else 'current'}")
+        if spec.selection.finalists:
+            raise self.error("selection.finalists", "per_task keeps one trial per round, from one model", "0")
+        if spec.reference.strategy is not None:
+            raise self.error("reference.strategy", "the reference trains the whole stream before the first round, "
+                                                   "while a round may see its tasks alone", "null with per_task")
+        for key in ("visible_tasks", "task_range"):
+            if (spec.base.get("benchmark") or {}).get(key) is not None:
+                raise self.error(f"base.benchmark.{key}", "is set, but per_task decides which tasks each round "
+                                                          "sees", "null")
+        if spec.base.get("schedule") is not None:
+            raise self.error("base.schedule", "is set, but a schedule is what per_task chooses", "null")
+        if spec.tracking.mlflow:
+            raise self.error("tracking.mlflow", "per_task's rounds are not tracked in MLflow yet: each round is a sweep "
+                                                "folder of its own (rounds/task_<t>), which clsweep status reads",
+                             "false with per_task")
 
     def two_phase(self, p: TwoPhase, spec: SweepSpec) -> None:
         fields = [f.name for f in dataclasses.fields(BenchmarkConfig)]

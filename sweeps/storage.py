@@ -23,6 +23,10 @@ record, in JSON only:
                         on ``protocol.seeds`` fresh seeds, a sweep folder of its own (``evaluation_of``, ``seed``)
     finalists/          with ``selection.finalists``: the finalists trained again on fresh seeds, a
                         sweep folder of its own (its trials' Ray config: ``finalist_of``, ``seed``)
+    rounds/task_<t>/    with ``protocol: per_task``: round t, a sweep folder of its own (its trials train
+                        task t from the model round t - 1 kept, seeing tasks 0..t alone)
+    schedule.json       with ``protocol: per_task``: per finished round, the trial it kept, its values and
+                        score (`read_schedule`); a resume starts at the first round not in it
     summary.json, best_config.yaml   after the sweep
 
 `load_sweep` rebuilds every trial from these files alone, so ``clsweep status``, ``best`` and
@@ -45,7 +49,7 @@ from typing import Any, Optional
 
 from clcore.config import ExperimentConfig
 from clcore.metrics import Reference
-from sweeps.spec import EndOfTraining, SweepSpec
+from sweeps.spec import EndOfTraining, PerTask, SweepSpec
 
 SPEC_FILE = "sweep.yaml"
 TRIALS_FILE = "trials.jsonl"
@@ -62,6 +66,9 @@ EVALUATION_OF = "evaluation_of"  # an evaluation run's Ray config: {evaluation_o
 REFERENCE_DIR = "reference"  # in the sweep's folder: the reference runs, a sweep folder itself
 REFERENCE_FILE = "reference.json"  # in the sweep's folder: a*_k per task, from the reference runs
 FINALIST_OF = "finalist_of"  # a finalist run's Ray config: {finalist_of: <search trial id>, seed: <fresh seed>}
+ROUNDS_DIR = "rounds"  # in a per_task sweep's folder: one sweep folder per round, `round_dirname`
+SCHEDULE_FILE = "schedule.json"  # in a per_task sweep's folder: the trial each finished round kept
+SCHEDULE = "schedule"  # a per_task evaluation run's ``evaluation_of``: the schedule, not one trial
 
 # What the best trial's score bought, in the summary beside it: forgetting and plasticity (with a
 # reference, intransigence and the lowest share of the reference's a*_k too).
@@ -100,6 +107,25 @@ class Outcome(str, enum.Enum):
         """The ``clsweep.status`` tag's word (as stores written by earlier versions hold it)."""
         return {"complete": "finished", "stopped early": "stopped_early", "pending": "running"}.get(self.value,
                                                                                                    self.value)
+
+
+def round_dirname(task: int) -> str:
+    """A per_task round's folder under ``rounds/``: the task it trains."""
+    return f"task_{task}"
+
+
+def read_schedule(path: str | Path) -> list[dict]:
+    """A per_task sweep's ``schedule.json``: one entry per finished round, in task order,
+    ``{task, trial_id, values, value}`` (``values``: the kept trial's searched values)."""
+    file = Path(path) / SCHEDULE_FILE
+    return json.loads(file.read_text()) if file.exists() else []
+
+
+def write_schedule(path: str | Path, schedule: list[dict]) -> None:
+    file = Path(path) / SCHEDULE_FILE
+    partial = file.with_suffix(".partial")
+    partial.write_text(json.dumps(schedule, indent=2))
+    partial.replace(file)  # whole or not at all: a driver killed while writing leaves the old one
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -161,11 +187,18 @@ class SweepState:
     finalists: Optional["SweepState"] = None  # the finalists' runs on fresh seeds (``selection.finalists``)
     reference: Optional[dict] = None  # ``reference.json`` (`reference_from`): a*_k per task, once trained
     evaluation: Optional["SweepState"] = None  # the protocol's evaluation runs of the chosen values
+    rounds: list["SweepState"] = field(default_factory=list)  # per_task: round t's runs, by task
+    schedule: list[dict] = field(default_factory=list)  # per_task: ``schedule.json``, the finished rounds
 
     def chosen_config(self) -> Optional[ExperimentConfig]:
         """What the sweep selected, as it is to be trained (``best_config.yaml``): the best trial's config,
         or with a protocol that evaluates elsewhere (``prefix``, ``two_phase``) its evaluation config on the
         first evaluation seed (that run again)."""
+        if isinstance(self.spec.protocol, PerTask):
+            if len(self.schedule) < self.spec.n_tasks:
+                return None
+            return self.spec.schedule_config([entry["values"] for entry in self.schedule],
+                                             self.spec.evaluation_seeds[0])
         best = self.best()
         if best is None:
             return None
@@ -177,11 +210,12 @@ class SweepState:
         """What the sweep trained, every phase together (the reference, the search, finalists,
         evaluation): ``task_trainings`` (tasks trained, summed over runs) and ``clcore_seconds`` (time
         inside clcore.run, summed over runs: CPU or GPU time of the trials, not wall time)."""
-        phases = [self, self.finalists, self.evaluation]
+        phases = [self, self.finalists, self.evaluation, *self.rounds]
         if (self.path / REFERENCE_DIR / SPEC_FILE).exists():
             phases.append(load_sweep(self.path / REFERENCE_DIR))
         runs = [t for phase in phases if phase is not None for t in phase.trials]
-        return {"task_trainings": sum(t.tasks_seen for t in runs),
+        # the tasks each run trained itself (a per_task round's trial continued from task t; its record starts there)
+        return {"task_trainings": sum(len(t.history) for t in runs),
                 "clcore_seconds": sum(t.last.get("clcore_seconds") or 0.0 for t in runs)}
 
     def evaluation_row(self) -> Optional[dict]:
@@ -263,6 +297,8 @@ class SweepState:
             "mode": self.spec.mode, "wall_seconds": self.wall_seconds, "counts": self.counts(),
             "finalists": self.finalist_rows(), "reference": self.reference,
             "protocol": self.spec.protocol.name, "evaluation": self.evaluation_row(), "cost": self.cost(),
+            **({"schedule": self.schedule, "rounds": [r.counts() for r in self.rounds]}
+               if isinstance(self.spec.protocol, PerTask) else {}),
             "storage_bytes": folder_bytes(self.path),
             "best_trial": None if best is None else {
                 "trial_id": best.trial_id, "value": best.last[self.spec.objective.metric], "params": best.params,
@@ -285,7 +321,8 @@ class SweepState:
         except the best trial's newest, kept for whoever wants its weights. Failed and unfinished trials
         keep theirs: ``clsweep resume`` continues them. The finalists' runs likewise. Returns the bytes freed."""
         best = self.best()
-        freed = sum(runs.prune_checkpoints() for runs in (self.finalists, self.evaluation) if runs is not None)
+        freed = sum(runs.prune_checkpoints() for runs in (self.finalists, self.evaluation, *self.rounds)
+                    if runs is not None)
         for trial in self.trials:
             if trial.outcome not in (Outcome.COMPLETE, Outcome.REJECTED, Outcome.STOPPED_EARLY):
                 continue
@@ -411,7 +448,13 @@ def load_sweep(path: str | Path, reference: Optional[dict] = None) -> SweepState
     wall = json.loads(summary.read_text()).get("wall_seconds") if summary.exists() else None
     finalists, evaluation = (load_sweep(path / folder, reference) if (path / folder / SPEC_FILE).exists() else None
                              for folder in (FINALISTS_DIR, EVALUATION_DIR))
-    return SweepState(spec, path, trials, wall, finalists, reference, evaluation)
+    rounds = []
+    for t in range(n_tasks) if isinstance(spec.protocol, PerTask) else ():
+        folder = path / ROUNDS_DIR / round_dirname(t)
+        if not (folder / SPEC_FILE).exists():
+            break
+        rounds.append(load_sweep(folder))
+    return SweepState(spec, path, trials, wall, finalists, reference, evaluation, rounds, read_schedule(path))
 
 
 def _json_lines(file: Path) -> list[dict]:
@@ -445,4 +488,5 @@ __all__ = ["Outcome", "TrialRecord", "SweepState", "TrialLedger", "load_sweep", 
            "BRACKETS_FILE", "record_bracket", "recorded_brackets",
            "SUMMARY_FILE", "BEST_CONFIG_FILE", "TASKS_FILE", "FAILURE_FILE", "TIME_ATTR", "CHECKPOINT_DIRS", "folder_bytes",
            "TRAINING", "INFRASTRUCTURE",
-           "FINALISTS_DIR", "FINALIST_OF"]
+           "FINALISTS_DIR", "FINALIST_OF", "ROUNDS_DIR", "SCHEDULE_FILE", "SCHEDULE", "round_dirname", "read_schedule",
+           "write_schedule"]

@@ -474,6 +474,12 @@ class MLflowTracking:
                    or SweepIdentity.load(experiment_dir) is not None)
         if not enabled:
             return
+        from sweeps.spec import PerTask
+
+        if isinstance(spec.protocol, PerTask):  # the sweep file cannot ask for it (`_Rules.per_task`)
+            log.warning("clsweep: %s is not tracked in MLflow: per_task's rounds are sweep folders of their own, "
+                        "which `clsweep status %s` reads", spec.name, experiment_dir)
+            return
         self.tracker = SweepTracker.open(spec, experiment_dir, self.tracking_uri)
         self.tracker.try_connect(running=True)
 

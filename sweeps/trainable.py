@@ -64,9 +64,11 @@ class TrialFailedError(RuntimeError):
 
 
 def run_trial(params: dict, *, spec: SweepSpec, raw: Optional[RawData] = None,
-              trial_logger: Optional[TrialLoggerFactory] = None, reference: Optional[Reference] = None) -> None:
+              trial_logger: Optional[TrialLoggerFactory] = None, reference: Optional[Reference] = None,
+              start: Optional[dict] = None) -> None:
     """Ray Tune function trainable (bind ``spec``, ``raw``, ``trial_logger`` and the sweep's
-    ``reference`` a*_k with `tune.with_parameters`)."""
+    ``reference`` a*_k with `tune.with_parameters`). ``start``: a checkpoint (this module's
+    `CHECKPOINT_FILE` contents) a trial with none of its own continues from: per_task's kept model."""
     import ray
     from ray import tune
 
@@ -83,13 +85,13 @@ def run_trial(params: dict, *, spec: SweepSpec, raw: Optional[RawData] = None,
     try:
         config = spec.trial_config(params)
         shared = raw is not None and raw.key == raw_key(config.benchmark)  # never another benchmark's data
-        saved = _checkpoint_to_continue(tune.get_checkpoint(), folder, trial_id)
+        saved = _checkpoint_to_continue(tune.get_checkpoint(), folder, trial_id) or start
         log = trial_logger(trial_id, context.get_trial_name(), config) if trial_logger else None
         where = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
         reporter = _TaskReporter(folder / TASKS_FILE, trial_id, dict(params), saved["clcore_seconds"] if saved else 0.0,
                                  log, {**where, "data_shared": shared}, spec.objective, reference)
         resume_from = saved["clcore"] if saved else None
-        n_tasks = config.benchmark.n_tasks
+        n_tasks = config.benchmark.tasks_run
         if resume_from is not None and resume_from["next_task"] >= n_tasks:
             if saved["trial_id"] != trial_id:
                 reporter(TaskReport(n_tasks - 1, n_tasks, dict(resume_from["history"][-1]), resume_from["val_matrix"],

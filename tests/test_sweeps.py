@@ -8,7 +8,9 @@ a kill, at four points of one sweep, is tests/test_kill_points.py's.
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -444,6 +446,73 @@ def test_the_two_phase_protocol_tunes_on_another_stream_and_hands_its_trials_tha
     assert main(["status", str(spec.experiment_path)]) == 0
     assert "two_phase: tuned on all 5 tasks of the benchmark with seed 1, evaluated on the target; seeds [1, 2]:" \
         in capsys.readouterr().out
+
+
+def test_the_per_task_protocol_keeps_one_model_per_round_and_its_schedule_retrains_exactly(tmp_path, local_ray,
+                                                                                           capsys):
+    """Lee et al.'s current-task protocol, small: 2 rounds, each of two learning rates from the model the
+    round before kept, trained on its task alone and seeing no later task's data; the best on the task
+    just learned is kept. The schedule then trains from scratch on two fresh seeds; best_config.yaml is
+    that schedule and retrains the evaluation run exactly, and on the search's seed it retrains the kept
+    chain. A driver that stopped after round 0 resumes at round 1 and ends with the same schedule."""
+    from sweeps.runner import resume_sweep
+    from sweeps.storage import EVALUATION_OF, ROUNDS_DIR, SCHEDULE_FILE
+
+    spec = SweepSpec.from_dict(sweep(
+        tmp_path, "per_task", search={"train.lr": {"dist": "grid", "values": [0.003, 0.1]}},
+        base={**sweep(tmp_path, "x")["base"], "benchmark": {"name": "synthetic", "scenario": "task", "n_tasks": 2},
+              "strategy": {"name": "ewc", "lambda": 10.0}},
+        objective={}, protocol={"name": "per_task", "seeds": 2}, algorithm={"name": "grid"}, scheduler="fifo"))
+    assert spec.objective.metric == "val_accuracy_current_task"
+    state = run_sweep(spec, verbose=0)
+
+    assert [entry["task"] for entry in state.schedule] == [0, 1] and len(state.rounds) == 2
+    kept = None
+    for task, (runs, entry) in enumerate(zip(state.rounds, state.schedule)):
+        assert runs.counts() == {"complete": 2}
+        best = max(runs.trials, key=lambda t: t.last["val_accuracy_current_task"])
+        assert entry["trial_id"] == best.trial_id and entry["values"] == {"train.lr": best.params["train.lr"]}
+        for trial in runs.trials:
+            rows = task_rows(trial.path)
+            assert [row["tasks_seen"] for row in rows] == [task + 1]  # it trained task t alone ...
+            assert runs.trial_config(trial).benchmark.visible_tasks == task + 1
+            for matrix in (rows[0]["val_matrix"], rows[0]["test_matrix"]):  # ... and saw no later task
+                assert all(math.isnan(a) for a in matrix[-1][task + 1:]) and not math.isnan(matrix[-1][task])
+            if kept is not None:  # ... from the model the round before kept
+                assert rows[0]["val_matrix"][:task] == kept.last["val_matrix"]
+        kept = runs.trial(entry["trial_id"])
+
+    runs = state.evaluation.trials
+    assert sorted(r.params["seed"] for r in runs) == spec.evaluation_seeds == [1, 2]
+    assert all(r.params[EVALUATION_OF] == "schedule" and r.outcome == "complete" for r in runs)
+    chosen = ExperimentConfig.from_yaml(spec.experiment_path / "best_config.yaml")
+    assert chosen.seed == 1 and chosen.schedule == [entry["values"] for entry in state.schedule]
+    again = clcore.run(chosen)
+    assert again.test_matrix == next(r for r in runs if r.params["seed"] == 1).last["test_matrix"]
+    assert not any(math.isnan(a) for row in again.test_matrix for a in row)  # the evaluation sees every task
+    on_search_seed = clcore.run(chosen.with_overrides({"seed": 0}))  # the kept chain, in one run
+    assert [row[:i + 1] for i, row in enumerate(on_search_seed.val_matrix)] == \
+        [row[:i + 1] for i, row in enumerate(kept.last["val_matrix"])]
+    summary = json.loads((spec.experiment_path / "summary.json").read_text())
+    assert summary["schedule"] == state.schedule
+    assert summary["cost"]["task_trainings"] == 2 * 2 * 1 + 2 * 2  # a round's trial trains one task
+    capsys.readouterr()
+    assert main(["status", str(spec.experiment_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"round 1 (2 complete): kept {state.schedule[1]['trial_id']}, val_accuracy_current_task " in out
+    assert "per_task: 2 rounds, each from the model kept after the round before, selected on task t; the " \
+           "schedule evaluated on every task; seeds [1, 2]:" in out
+
+    # the driver stopped after round 0: the resume runs round 1 again from round 0's model
+    path = spec.experiment_path
+    (path / SCHEDULE_FILE).write_text(json.dumps(state.schedule[:1]))
+    shutil.rmtree(path / ROUNDS_DIR / "task_1")
+    shutil.rmtree(path / "evaluation")
+    resumed = resume_sweep(path)
+    assert [e["values"] for e in resumed.schedule] == [e["values"] for e in state.schedule]
+    assert resumed.schedule[0] == state.schedule[0] and resumed.schedule[1]["trial_id"] != state.schedule[1]["trial_id"]
+    assert [r.last["test_matrix"] for r in sorted(resumed.evaluation.trials, key=lambda r: r.params["seed"])] == \
+        [r.last["test_matrix"] for r in sorted(runs, key=lambda r: r.params["seed"])]
 
 
 def test_compare_runs_each_protocol_and_tabulates_them_against_end_of_training(tmp_path, local_ray):
