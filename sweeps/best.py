@@ -53,7 +53,7 @@ def best_run(sweep_name: str, metric: Optional[str] = None, tracking_uri: Option
 def best_config(sweep_name: str, metric: Optional[str] = None, tracking_uri: Optional[str] = None,
                 mode: Optional[str] = None) -> ExperimentConfig:
     """The `ExperimentConfig` of the best finished trial of ``sweep_name`` (with a prefix protocol, on the
-    stream its evaluation trains: see `_evaluated`)."""
+    stream its evaluation trains: see `_evaluated`; with per_task, its schedule)."""
     return best_run(sweep_name, metric, tracking_uri, mode).config
 
 
@@ -65,7 +65,7 @@ def top_configs(sweep_name: str, k: int = 5, metric: Optional[str] = None, track
 
 def top_runs(sweep_name: str, k: int = 5, metric: Optional[str] = None, tracking_uri: Optional[str] = None,
              mode: Optional[str] = None) -> list[BestRun]:
-    """The ``k`` best finished trials, best first.
+    """The ``k`` best finished trials, best first (a per_task sweep: its schedule alone, `_schedule`).
 
     ``metric`` defaults to the sweep's objective (tag ``clsweep.metric`` of its newest parent run)
     and ``mode`` to the sweep's mode for that metric, else ``min`` for forgetting, intransigence and
@@ -88,6 +88,8 @@ def top_runs(sweep_name: str, k: int = 5, metric: Optional[str] = None, tracking
                                  f"{', '.join(names) or 'none'}); pass tracking_uri= or set MLFLOW_TRACKING_URI "
                                  f"to read another store")
     metric, mode, parent = _objective(client, experiment.experiment_id, metric, mode)
+    if parent.get(T.PROTOCOL_TAG) == "per_task":
+        return [_schedule(client, experiment.experiment_id, sweep_name, uri)]
     order = "DESC" if mode == "max" else "ASC"
     runs = client.search_runs([experiment.experiment_id],
                               f"tags.`{T.KIND_TAG}` = 'trial' and tags.`{T.STATUS_TAG}` = '{T.FINISHED}'",
@@ -112,6 +114,21 @@ def _evaluated(config: ExperimentConfig, parent_tags: dict) -> ExperimentConfig:
             setattr(config.benchmark, key, value)
         config.validate()
     return config
+
+
+def _schedule(client, experiment_id: str, sweep_name: str, uri: str) -> BestRun:
+    """A per_task sweep's choice: no one trial but the schedule of the values each round kept, the
+    parent run's ``best_config.yaml`` (its ``schedule:``), with the parent's metrics (``evaluation_*``:
+    the schedule trained on fresh seeds)."""
+    parent = client.search_runs([experiment_id], f"tags.`{T.KIND_TAG}` = 'sweep'", max_results=1,
+                                order_by=["attributes.start_time DESC"])[0]
+    metric = f"evaluation_{parent.data.tags[T.METRIC_TAG]}"
+    if metric not in parent.data.metrics:
+        raise SweepNotFoundError(f"per_task sweep {sweep_name!r} in {uri} has no schedule evaluated yet (has the "
+                                 f"sweep run to the end? `clsweep status` tells)")
+    with tempfile.TemporaryDirectory(prefix="clsweep-") as tmp:
+        config = ExperimentConfig.from_yaml(Path(client.download_artifacts(parent.info.run_id, "best_config.yaml", tmp)))
+    return BestRun(config, dict(parent.data.metrics), parent.info.run_id, "schedule", metric, "max")
 
 
 def _objective(client, experiment_id: str, metric: Optional[str], mode: Optional[str]) -> tuple[str, str, dict]:

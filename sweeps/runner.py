@@ -86,8 +86,9 @@ class Tracking:
     def sweep_started(self, spec: SweepSpec, experiment_dir: Path, resumed: bool) -> None:
         """Before Ray Tune starts."""
 
-    def callbacks(self) -> list:
-        """Ray Tune callbacks for the driver."""
+    def callbacks(self, spec: Optional[SweepSpec] = None) -> list:
+        """Ray Tune callbacks for the driver; ``spec``: the phase whose trials they see (a per_task
+        round), when not the sweep's search."""
         return []
 
     def trial_logger(self) -> Optional[TrialLoggerFactory]:
@@ -369,7 +370,7 @@ def _fit_rounds(spec: SweepSpec, path: Path, tracking: Tracking, raw, verbose: i
         runs.to_yaml(folder / SPEC_FILE)
         tuner = _new_tuner(runs, folder, raw, tracking, verbose, None, **({"start": kept} if kept else {}))
         attach_callbacks(tuner, [snapshot_before_training(tuner), _TrialLedgerCallback(folder),
-                                 *tracking.callbacks()])
+                                 *tracking.callbacks(runs)])
         tuner.fit()
         best = load_sweep(folder).best()
         if best is None:

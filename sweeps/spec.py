@@ -1054,10 +1054,6 @@ class _Rules:
                                                           "sees", "null")
         if spec.base.get("schedule") is not None:
             raise self.error("base.schedule", "is set, but a schedule is what per_task chooses", "null")
-        if spec.tracking.mlflow:
-            raise self.error("tracking.mlflow", "per_task's rounds are not tracked in MLflow yet: each round is a sweep "
-                                                "folder of its own (rounds/task_<t>), which clsweep status reads",
-                             "false with per_task")
 
     def two_phase(self, p: TwoPhase, spec: SweepSpec) -> None:
         fields = [f.name for f in dataclasses.fields(BenchmarkConfig)]

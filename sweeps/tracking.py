@@ -284,34 +284,37 @@ class SweepTracker:
             f"or the sweep's ledger had it, so no resume runs it; its logged steps stay")})
         self.store.set_status(run, ORPHANED)
 
-    def callback(self):
-        """A Ray Tune callback that closes each trial's run as Ray ends the trial."""
+    def callback(self, spec: Optional["SweepSpec"] = None):
+        """A Ray Tune callback that closes each trial's run as Ray ends the trial; ``spec``: the phase
+        its trials belong to (a per_task round), when not the sweep itself."""
         from ray.tune import Callback
 
-        tracker = self
+        tracker, phase = self, spec or self.spec
 
         class MLflowTrialRuns(Callback):
             def on_trial_complete(self, iteration, trials, trial, **info):
-                tracker.trial_ended(trial, error=None)
+                tracker.trial_ended(trial, error=None, phase=phase)
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 from sweeps.runner import trial_failure
 
-                tracker.trial_ended(trial, *trial_failure(trial))
+                tracker.trial_ended(trial, *trial_failure(trial), phase=phase)
 
         return MLflowTrialRuns()
 
-    def trial_ended(self, trial, error: Optional[str], cause: Optional[str] = None) -> None:
+    def trial_ended(self, trial, error: Optional[str], cause: Optional[str] = None,
+                    phase: Optional["SweepSpec"] = None) -> None:
         """Close the run of a Ray trial from its last result (its steps are the worker's or `upload`'s job)."""
         if not self.online:
             return
         from sweeps.storage import ERROR, TERMINATED, TrialRecord
 
+        phase = phase or self.spec
         try:
             record = TrialRecord(trial.trial_id, ERROR if error else TERMINATED, dict(trial.config),
                                  [trial.last_result] if trial.last_result else [], str(trial.path),
-                                 self.spec.n_tasks, error, cause=cause)
-            config = self.spec.trial_config(record.params)
+                                 phase.n_tasks, error, cause=cause)
+            config = phase.trial_config(record.params)
             run = self.store.find_run({SWEEP_ID_TAG: self.identity.sweep_id, TRIAL_ID_TAG: trial.trial_id})
             self.close_trial(record, config, run or open_trial_run(
                 self.store, self.identity.sweep_id, self.parent.info.run_id, trial.trial_id, config,
@@ -323,12 +326,14 @@ class SweepTracker:
     def upload(self, state: "SweepState") -> "SyncReport":
         """Every trial's missing pieces, then the summary and the status of the parent run."""
         runs = self.store.trial_runs(self.identity.sweep_id)
-        run_ids = {t.trial_id: self.upload_trial(t, state.trial_config(t), runs.get(t.trial_id))
-                   for t in state.trials if t.history or t.trial_id in runs}
-        for trial_id in runs.keys() - {t.trial_id for t in state.trials}:
+        searched = [(t, phase) for phase in (state, *state.rounds) for t in phase.trials]  # per_task: its rounds'
+        run_ids = {t.trial_id: self.upload_trial(t, phase.trial_config(t), runs.get(t.trial_id))
+                   for t, phase in searched if t.history or t.trial_id in runs}
+        for trial_id in runs.keys() - {t.trial_id for t, _ in searched}:
             self.close_orphan(runs[trial_id])
         best = self.summarize(state, run_ids)
-        ended = bool(state.trials) and all(t.outcome.ended for t in state.trials)
+        ended = bool(searched) and all(t.outcome.ended for t, _ in searched) and (
+            not state.rounds or state.chosen_config() is not None)
         self.store.client.set_terminated(self.parent.info.run_id, "FINISHED" if ended else "KILLED")
         return SyncReport(self.identity.tracking_uri, self.store.experiment_id, self.parent.info.run_id, run_ids,
                           best.trial_id if best else None)
@@ -369,7 +374,7 @@ class SweepTracker:
     def summarize(self, state: "SweepState", run_ids: dict[str, str]) -> Optional["TrialRecord"]:
         """On the parent run: the best trial's metrics and config, and the sweep's plots."""
         from sweeps import plots
-        from sweeps.storage import REFERENCE_FILE
+        from sweeps.storage import REFERENCE_FILE, SCHEDULE_FILE
 
         spec, store, parent_id = self.spec, self.store, self.parent.info.run_id
         best = state.best()
@@ -388,6 +393,10 @@ class SweepTracker:
             store.log_tags(parent, {BEST_TRIAL_TAG: best.trial_id, BEST_RUN_TAG: run_ids.get(best.trial_id, ""),
                                     **{f"best.{k}": _param_value(v) for k, v in config.flat().items()}})
             files["best_config.yaml"] = config.to_yaml
+        schedule = state.chosen_config() if state.rounds else None
+        if schedule is not None:  # per_task: what it chose is a schedule, no one trial
+            files["best_config.yaml"] = schedule.to_yaml
+            files[SCHEDULE_FILE] = lambda p: p.write_text(json.dumps(state.schedule, indent=2))
         self.log_finalists(state, run_ids)
         self.log_evaluation(state, parent)
         if state.reference is not None:  # what intransigence and the plasticity ratio were measured against
@@ -474,17 +483,11 @@ class MLflowTracking:
                    or SweepIdentity.load(experiment_dir) is not None)
         if not enabled:
             return
-        from sweeps.spec import PerTask
-
-        if isinstance(spec.protocol, PerTask):  # the sweep file cannot ask for it (`_Rules.per_task`)
-            log.warning("clsweep: %s is not tracked in MLflow: per_task's rounds are sweep folders of their own, "
-                        "which `clsweep status %s` reads", spec.name, experiment_dir)
-            return
         self.tracker = SweepTracker.open(spec, experiment_dir, self.tracking_uri)
         self.tracker.try_connect(running=True)
 
-    def callbacks(self) -> list:
-        return [self.tracker.callback()] if self.tracker is not None else []
+    def callbacks(self, spec: Optional["SweepSpec"] = None) -> list:
+        return [self.tracker.callback(spec)] if self.tracker is not None else []
 
     def trial_logger(self):
         settings = self.tracker.settings() if self.tracker is not None else None

@@ -455,8 +455,12 @@ def test_the_per_task_protocol_keeps_one_model_per_round_and_its_schedule_retrai
     just learned is kept. The schedule then trains from scratch on two fresh seeds; best_config.yaml is
     that schedule and retrains the evaluation run exactly, and on the search's seed it retrains the kept
     chain. A driver that stopped after round 0 resumes at round 1 and ends with the same schedule."""
+    import mlflow
+
+    from sweeps.best import best_config
     from sweeps.runner import resume_sweep
     from sweeps.storage import EVALUATION_OF, ROUNDS_DIR, SCHEDULE_FILE
+    from sweeps.tracking import MLflowTracking
 
     spec = SweepSpec.from_dict(sweep(
         tmp_path, "per_task", search={"train.lr": {"dist": "grid", "values": [0.003, 0.1]}},
@@ -464,7 +468,8 @@ def test_the_per_task_protocol_keeps_one_model_per_round_and_its_schedule_retrai
               "strategy": {"name": "ewc", "lambda": 10.0}},
         objective={}, protocol={"name": "per_task", "seeds": 2}, algorithm={"name": "grid"}, scheduler="fifo"))
     assert spec.objective.metric == "val_accuracy_current_task"
-    state = run_sweep(spec, verbose=0)
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    state = run_sweep(spec, verbose=0, tracking=MLflowTracking(uri))
 
     assert [entry["task"] for entry in state.schedule] == [0, 1] and len(state.rounds) == 2
     kept = None
@@ -502,6 +507,23 @@ def test_the_per_task_protocol_keeps_one_model_per_round_and_its_schedule_retrai
     assert f"round 1 (2 complete): kept {state.schedule[1]['trial_id']}, val_accuracy_current_task " in out
     assert "per_task: 2 rounds, each from the model kept after the round before, selected on task t; the " \
            "schedule evaluated on every task; seeds [1, 2]:" in out
+
+    # MLflow: a parent run tagged per_task, a finished nested run per round trial, the schedule back
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("per_task").experiment_id
+    parent, = client.search_runs([experiment], "tags.`clsweep.kind` = 'sweep'")
+    assert parent.data.tags["clsweep.protocol"] == "per_task" and parent.info.status == "FINISHED"
+    assert parent.data.metrics["evaluation_test_average_accuracy"] == pytest.approx(
+        summary["evaluation"]["metrics"]["test_average_accuracy"]["mean"])
+    trial_runs = client.search_runs([experiment], "tags.`clsweep.kind` = 'trial'")
+    assert sorted(r.data.tags["clsweep.trial_id"] for r in trial_runs) == sorted(
+        t.trial_id for runs in state.rounds for t in runs.trials)
+    assert {r.data.tags["clsweep.status"] for r in trial_runs} == {"finished"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trial_runs)
+    assert best_config("per_task", tracking_uri=uri) == chosen
+    capsys.readouterr()
+    assert main(["best", "per_task", "--tracking-uri", uri]) == 0
+    assert "best trial schedule" in capsys.readouterr().err
 
     # the driver stopped after round 0: the resume runs round 1 again from round 0's model
     path = spec.experiment_path
