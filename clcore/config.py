@@ -347,10 +347,12 @@ class ExperimentConfig:
         return build_typed(cls, data or {}, "").validate()
 
     def to_dict(self) -> dict:
-        """Plain dict (YAML-ready). Strategy fields that do not apply are left out."""
+        """Plain dict (YAML-ready). Strategy fields that do not apply are left out, and so is a null schedule."""
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "schedule" and value is None:
+                continue
             if f.name == "strategy":
                 out["strategy"] = {"name": value.name, **copy.deepcopy(value.params)}
             elif dataclasses.is_dataclass(value):

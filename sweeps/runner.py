@@ -43,15 +43,17 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from clcore.config import set_path
 from clcore.data import load_raw, raw_key
 from sweeps import environment, localray, space
 from sweeps import ray_private
 from sweeps.ray_private import BestOfCompleteReporter, attach_callbacks, snapshot_before_training
-from sweeps.spec import (OBJECTIVE_ATTR, Algorithm, EndOfTraining, Fifo, Objective, PerTask, ReferenceSpec,
-                         Selection, SweepSpec, Values)
+from sweeps.spec import (OBJECTIVE_ATTR, STRENGTH, Algorithm, Chf, EndOfTraining, Fifo, Objective, ReferenceSpec,
+                         Rounds, Selection, SweepSpec, Values)
 from sweeps.storage import (BEST_CONFIG_FILE, CHECKPOINT_DIRS, ERROR, EVALUATION_DIR, EVALUATION_OF, FAILURE_FILE,
                             FINALIST_OF, FINALISTS_DIR,
-                            INFRASTRUCTURE, REFERENCE_DIR, REFERENCE_FILE, ROUNDS_DIR, SCHEDULE, SPEC_FILE,
+                            INFRASTRUCTURE, PLASTICITY_DIR, REFERENCE_DIR, REFERENCE_FILE, ROUNDS_DIR, SCHEDULE,
+                            SPEC_FILE,
                             SUMMARY_FILE, TERMINATED, TIME_ATTR, TRAINING, Outcome,
                             SweepState, TrialLedger, TrialRecord, as_reference, load_sweep, read_reference,
                             read_schedule, reference_from, round_dirname, trial_dirname, write_schedule)
@@ -119,7 +121,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
         spec.to_yaml(path / SPEC_FILE)
         tracking.sweep_started(spec, path, resumed=False)
         reference = _train_reference(spec, path, raw, verbose)
-        if isinstance(spec.protocol, PerTask):
+        if isinstance(spec.protocol, Rounds):
             return _fit_rounds(spec, path, tracking, raw, verbose)
         tuner = _new_tuner(spec, path, raw, tracking, verbose, reference)
         return _fit(tuner, spec, path, tracking, raw, verbose, reference)
@@ -217,7 +219,7 @@ def resume_sweep(path: str | Path, *, address: Optional[str] = None, num_cpus: O
     with ray_session(address, num_cpus):
         tracking.sweep_started(spec, path, resumed=True)  # before trial_logger() is asked for
         reference = _train_reference(spec, path, raw, verbose=1)
-        if isinstance(spec.protocol, PerTask):
+        if isinstance(spec.protocol, Rounds):
             return _fit_rounds(spec, path, tracking, raw, 1)
         if not searching:
             return _fit(_new_tuner(spec, path, raw, tracking, 1, reference), spec, path, tracking, raw, 1, reference)
@@ -352,38 +354,122 @@ def _fit(tuner, spec: SweepSpec, path: Path, tracking: Tracking, raw, verbose: i
 
 
 def _fit_rounds(spec: SweepSpec, path: Path, tracking: Tracking, raw, verbose: int) -> SweepState:
-    """per_task: one round per task, each a sweep of its own in ``rounds/task_<t>``, started from the
-    model the round before kept; the kept trial of each round goes into ``schedule.json`` as the round
-    ends, so a resume starts at the first round not in it (a round the driver left unfinished starts
-    again). Then the schedule trains on the protocol's fresh seeds (`_evaluate_schedule`)."""
+    """per_task and chf: one round per task, each a sweep of its own in ``rounds/task_<t>``, started from
+    the model the round before kept; the kept trial of each round goes into ``schedule.json`` as the
+    round ends, so a resume starts at the first round not in it (a round the driver left unfinished
+    starts again). Then the schedule trains on the protocol's fresh seeds (`_evaluate_schedule`)."""
     started = time.perf_counter()
     schedule = read_schedule(path)
+    play = _chf_round if isinstance(spec.protocol, Chf) else _per_task_round
     for task in range(len(schedule), spec.n_tasks):
         folder = path / ROUNDS_DIR / round_dirname(task)
         shutil.rmtree(folder, ignore_errors=True)
-        runs = _stored_at(spec.round_spec(task, round_dirname(task)), folder)
         kept = _kept_model(path / ROUNDS_DIR / round_dirname(task - 1), schedule[-1]) if schedule else None
         if verbose:
             print(f"clsweep: round {task + 1} of {spec.n_tasks}: task {task}" +
                   (f", from trial {schedule[-1]['trial_id']}'s model" if schedule else ""), flush=True)
-        folder.mkdir(parents=True)
-        runs.to_yaml(folder / SPEC_FILE)
-        tuner = _new_tuner(runs, folder, raw, tracking, verbose, None, **({"start": kept} if kept else {}))
-        attach_callbacks(tuner, [snapshot_before_training(tuner), _TrialLedgerCallback(folder),
-                                 *tracking.callbacks(runs)])
-        tuner.fit()
-        best = load_sweep(folder).best()
-        if best is None:
+        entry = play(spec, task, folder, kept, raw, tracking, verbose)
+        if entry is None:
             print(f"clsweep: round {task + 1}: no trial completed task {task}; the schedule stops there", flush=True)
             break
-        schedule.append({"task": task, "trial_id": best.trial_id, "values": runs.active(runs.decoded(best.params)),
-                         "value": best.last[runs.objective.metric]})
+        schedule.append({"task": task, **entry})
         write_schedule(path, schedule)
     state = load_sweep(path)
     if len(state.schedule) == spec.n_tasks:
         _evaluate_schedule(spec, state, raw, verbose)
         state = load_sweep(path)
     return _finish(spec, state, path, tracking, started)
+
+
+def _per_task_round(spec: SweepSpec, task: int, folder: Path, kept: Optional[dict], raw, tracking: Tracking,
+                    verbose: int) -> Optional[dict]:
+    """per_task's round ``task``: the spec's search, every trial from ``kept``; the best on the protocol's metric."""
+    runs = _stored_at(spec.round_spec(task, round_dirname(task)), folder)
+    folder.mkdir(parents=True)
+    runs.to_yaml(folder / SPEC_FILE)
+    tuner = _new_tuner(runs, folder, raw, tracking, verbose, None, **({"start": kept} if kept else {}))
+    attach_callbacks(tuner, [snapshot_before_training(tuner), _TrialLedgerCallback(folder), *tracking.callbacks(runs)])
+    tuner.fit()
+    best = load_sweep(folder).best()
+    return None if best is None else {"trial_id": best.trial_id, "values": runs.active(runs.decoded(best.params)),
+                                      "value": best.last[runs.objective.metric]}
+
+
+def _chf_round(spec: SweepSpec, task: int, folder: Path, kept: Optional[dict], raw, tracking: Tracking,
+               verbose: int) -> Optional[dict]:
+    """chf's round ``task`` (`sweeps.spec.Chf`): the maximal plasticity search over ``protocol.lr`` by
+    fine-tuning from ``kept`` (``plasticity/``), then the stability decay at its lr in ``folder`` itself,
+    stopped once the first attempt to pass is known. Task 0 (no penalty acts yet): the strategy's own lr
+    search, in ``folder``, and its best."""
+    p, metric = spec.protocol, spec.objective.metric
+    at = {STRENGTH: p.strengths()[0]}
+    if task == 0:
+        runs = _phase(spec, task, folder, {"train.lr": p.lr}, at)
+        _side_sweep(runs, _trainable(runs, raw, None, None), space.param_space(runs), verbose)
+        best = load_sweep(folder).best()
+        return None if best is None else {"trial_id": best.trial_id, "values": {"train.lr": best.params["train.lr"],
+                                                                                **at}, "value": best.last[metric]}
+    fine_tuning = {"clcore": {**kept["clcore"], "strategy": {}}, **{k: v for k, v in kept.items() if k != "clcore"}}
+    plastic = _phase(spec, task, folder / PLASTICITY_DIR, {"train.lr": p.lr}, strategy={"name": "naive"})
+    _side_sweep(plastic, _trainable(plastic, raw, None, None, start=fine_tuning), space.param_space(plastic), verbose)
+    plasticity = load_sweep(folder / PLASTICITY_DIR).best()
+    if plasticity is None:
+        return None
+    a_star, lr = plasticity.last[metric], plasticity.params["train.lr"]
+    threshold = (1 - p.drop) * a_star
+    runs = _phase(spec, task, folder, {STRENGTH: p.strengths()}, {"train.lr": lr})
+    if verbose:
+        print(f"clsweep: task {task}: fine-tuning reaches {a_star:.4f} at lr {lr:g}; lambda from {p.start:g} until "
+              f"{metric} >= {threshold:.4f}", flush=True)
+    _side_sweep(runs, _trainable(runs, raw, None, None, start=kept), space.param_space(runs), verbose,
+                stop=_FirstToPass(p.strengths(), metric, threshold))
+    ledger = TrialLedger(folder)  # Ray's stop ends the running attempts without telling the callbacks
+    for trial in load_sweep(folder).trials:
+        if not trial.outcome.ended:
+            ledger.trial_ended(trial.trial_id, TERMINATED, trial.params, 0)
+    attempts = {t.params[STRENGTH]: t for t in load_sweep(folder).trials if t.outcome == Outcome.COMPLETE}
+    tried = [attempts[value] for value in p.strengths() if value in attempts]
+    if not tried:
+        return None
+    chosen = next((t for t in tried if t.last[metric] >= threshold), tried[-1])
+    return {"trial_id": chosen.trial_id, "values": {"train.lr": lr, STRENGTH: chosen.params[STRENGTH]},
+            "value": chosen.last[metric], "a_star": a_star, "lr_trial_id": plasticity.trial_id,
+            "attempt": p.strengths().index(chosen.params[STRENGTH]), "passed": chosen.last[metric] >= threshold}
+
+
+def _phase(spec: SweepSpec, task: int, folder: Path, grid: dict[str, list], fixed: Optional[dict] = None,
+           strategy: Optional[dict] = None) -> SweepSpec:
+    """A grid over ``grid`` on round ``task``'s base (``fixed`` set, the strategy replaced by ``strategy``),
+    stored at ``folder``, every value at once as far as the cluster fits."""
+    base = spec.round_spec(task, folder.name).base
+    if strategy is not None:
+        base["strategy"] = strategy
+    for key, value in (fixed or {}).items():
+        set_path(base, key, value)
+    return _stored_at(spec.model_copy(update={
+        "name": folder.name, "base": base, "protocol": EndOfTraining(name="end_of_training"),
+        "search": {key: Values(dist="grid", values=values) for key, values in grid.items()},
+        "algorithm": Algorithm(name="grid", num_samples=1, max_concurrent=spec.algorithm.max_concurrent)}), folder)
+
+
+class _FirstToPass(tune.Stopper):
+    """Stops chf's stability decay once its answer is known: an attempt has passed and every stronger one
+    (tried before it in the sequential order) has failed. Later attempts still running are stopped, and
+    those not started never start."""
+
+    def __init__(self, strengths: list[float], metric: str, threshold: float):
+        self.strengths, self.metric, self.threshold = strengths, metric, threshold
+        self.passed: dict[int, bool] = {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        value = (result.get("config") or {}).get(STRENGTH)
+        if value in self.strengths and self.metric in result:
+            self.passed[self.strengths.index(value)] = result[self.metric] >= self.threshold
+        return False
+
+    def stop_all(self) -> bool:
+        first = next((i for i, ok in sorted(self.passed.items()) if ok), None)
+        return first is not None and all(i in self.passed for i in range(first))
 
 
 def _kept_model(folder: Path, entry: dict) -> dict:
@@ -410,9 +496,11 @@ def _evaluate_schedule(spec: SweepSpec, state: SweepState, raw, verbose: int) ->
     folder = state.path / EVALUATION_DIR
     shutil.rmtree(folder, ignore_errors=True)
     base = {**copy.deepcopy(spec.base), "schedule": [entry["values"] for entry in state.schedule]}
-    runs = _stored_at(spec.model_copy(update={
+    runs = _stored_at(spec.model_copy(update={  # the schedule sets every searched value: its grid is the seeds
         "name": EVALUATION_DIR, "base": base, "protocol": EndOfTraining(name="end_of_training"),
-        "scheduler": Fifo(name="fifo"), "selection": Selection()}), folder)
+        "search": {"seed": Values(dist="grid", values=seeds)}, "scheduler": Fifo(name="fifo"),
+        "selection": Selection(), "algorithm": Algorithm(name="grid", num_samples=1,
+                                                         max_concurrent=spec.algorithm.max_concurrent)}), folder)
     if verbose:
         print(f"clsweep: {spec.protocol_description}; the schedule on seeds {seeds}", flush=True)
     _side_sweep(runs, _trainable(runs, raw, None, None, _run_again, key=EVALUATION_OF, values={SCHEDULE: {}}),
@@ -483,11 +571,12 @@ def _run_finalists(spec: SweepSpec, state: SweepState, raw, verbose: int, refere
                 verbose)
 
 
-def _side_sweep(runs: SweepSpec, trainable, param_space: dict, verbose: int) -> None:
+def _side_sweep(runs: SweepSpec, trainable, param_space: dict, verbose: int, stop=None) -> None:
     """``runs``, a FIFO spec stored inside the sweep's folder, as a sweep of its own (the reference runs,
-    the finalists): every run to the end, as many at a time as the search runs, each in its ledger."""
+    the finalists): every run to the end (or until ``stop``, a `tune.Stopper`, says), as many at a time
+    as the search runs, each in its ledger."""
     folder = runs.experiment_path
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)  # (chf's decay: its round folder, which holds plasticity/ already)
     runs.to_yaml(folder / SPEC_FILE)
     tuner = tune.Tuner(
         trainable, param_space=param_space,
@@ -495,7 +584,7 @@ def _side_sweep(runs: SweepSpec, trainable, param_space: dict, verbose: int) -> 
                                     max_concurrent_trials=runs.algorithm.max_concurrent,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=runs.name, storage_path=runs.storage.path, verbose=min(verbose, 1),
+            name=runs.name, storage_path=runs.storage.path, verbose=min(verbose, 1), stop=stop,
             failure_config=tune.FailureConfig(max_failures=runs.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=runs.storage.checkpoints_to_keep),
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback()]))

@@ -87,12 +87,17 @@ def sweep_model() -> type[BaseModel]:
     searchable = tuple(p for p in C.config_paths() if p not in S.NOT_SEARCHABLE)
     return create_model("sweep", __base__=S.SweepSpec, __doc__="A clsweep sweep file",
                         base=(base, ...),
-                        search=(Annotated[dict[Literal[searchable], S.AnyDistribution], Field(min_length=1)], ...))
+                        search=(dict[Literal[searchable], S.AnyDistribution], ...))
 
 
 def json_schema() -> dict:
     schema = TypeAdapter(sweep_model()).json_schema(by_alias=True)
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "clsweep sweep file"}
+    chf = S.Chf.model_fields["name"].annotation.__args__[0]  # searches nothing: its rounds are grids of their own
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "clsweep sweep file",
+            "if": {"properties": {"protocol": {"properties": {"name": {"const": chf}}, "required": ["name"]}},
+                   "required": ["protocol"]},
+            "then": {"properties": {"search": {"maxProperties": 0}}},
+            "else": {"properties": {"search": {"minProperties": 1}}}}
 
 
 __all__ = ["json_schema", "sweep_model"]

@@ -497,7 +497,20 @@ class TwoPhase(Protocol):
         return f"two_phase: tuned on all {n_tasks} tasks of the benchmark with {changed}, evaluated on the target"
 
 
-class PerTask(Protocol):
+class Rounds(Protocol):
+    """A protocol that chooses per task, one round at a time, each from the model the round before kept:
+    its choice is a schedule (a config's ``schedule:``), trained again from scratch on ``seeds`` fresh
+    seeds. A round's trials see tasks 0..t alone (``benchmark.visible_tasks: t + 1``)."""
+
+    seeds: _kind(int, ge=1) = 3
+
+    @property
+    def metric(self) -> str:
+        """The metric a round ranks its trials by."""
+        return "val_accuracy_current_task"
+
+
+class PerTask(Rounds):
     """Lee et al. 2024's current-task and seen-tasks frameworks (arXiv 2404.06466), Renate's tuning at
     each update: one round per task. In round t every candidate the search draws starts from the model
     kept after task t - 1, trains task t alone, and the one with the best validation accuracy on task t
@@ -508,7 +521,6 @@ class PerTask(Protocol):
 
     name: Literal["per_task"]
     select_on: Literal["current", "seen"] = "current"
-    seeds: _kind(int, ge=1) = 3
 
     @property
     def metric(self) -> str:
@@ -521,7 +533,41 @@ class PerTask(Protocol):
                 f"{on}; the schedule evaluated on every task")
 
 
-PROTOCOL_KINDS = (EndOfTraining, Prefix, TwoPhase, PerTask)
+STRENGTH = "strategy.lambda"  # the regulariser's strength, what chf decays (every regulariser declares it)
+
+
+class Chf(Rounds):
+    """De Lange et al.'s Continual Hyperparameter Framework (TPAMI 2021; FACIL's grid search), one round
+    per task from the model kept after the task before. First the maximal plasticity search: fine-tuning
+    (``naive``) trains task t on each of ``lr``, and the best validation accuracy on task t is A*, at lr*.
+    Then the stability decay: the strategy trains task t at lr* with its strength (``strategy.lambda``)
+    at ``start``, ``start * decay``, ... (``attempts`` values), and the first whose accuracy on task t
+    reaches ``(1 - drop) * A*`` is kept (none: the last, the weakest). The attempts run in parallel as far
+    as the cluster fits, and stop once the first to pass is known: the sequential answer, in less wall
+    time. On task 0 no penalty acts yet: the strategy itself runs the lr search, and its best is kept."""
+
+    name: Literal["chf"]
+    lr: Annotated[list[_kind(float, gt=0)], Field(min_length=1)]  # the maximal plasticity search's grid
+    start: _kind(float, gt=0)  # the strength each task's stability decay starts from
+    drop: _kind(float, gt=0, lt=1) = 0.2
+    decay: _kind(float, gt=0, lt=1) = 0.5
+    attempts: _kind(int, ge=1) = 10
+
+    def strengths(self) -> list[float]:
+        """The stability decay's strengths, in the order they are tried (each the one before times
+        ``decay``, as FACIL multiplies: 1e4, 1e3, 100.0, not 100.00000000000001)."""
+        values = [self.start]
+        for _ in range(self.attempts - 1):
+            values.append(values[-1] * self.decay)
+        return values
+
+    def describe(self, n_tasks: int) -> str:
+        return (f"chf: {n_tasks} rounds, each an lr search by fine-tuning then a decay of lambda from "
+                f"{self.start:g} by {self.decay:g} until within {self.drop:g} of its accuracy; the schedule "
+                f"evaluated on every task")
+
+
+PROTOCOL_KINDS = (EndOfTraining, Prefix, TwoPhase, PerTask, Chf)
 PROTOCOLS = {typing.get_args(kind.model_fields["name"].annotation)[0]: kind for kind in PROTOCOL_KINDS}
 
 
@@ -557,7 +603,7 @@ class SweepSpec(_Section):
                                                                   "experiment")]
     description: Optional[Str] = None
     base: dict  # the ExperimentConfig mapping as written (searched fields may be absent); clcore validates it
-    search: Annotated[dict[str, AnyDistribution], Field(min_length=1)]
+    search: dict[str, AnyDistribution]  # at least one key (`_Rules.search`), none with protocol chf
     objective: Objective = Field(default_factory=Objective)
     protocol: Annotated[AnyProtocol, BeforeValidator(
         _protocol_by_name, json_schema_input_type=Union[Literal[tuple(PROTOCOLS)], AnyProtocol])
@@ -1000,8 +1046,8 @@ class _Rules:
         p = spec.protocol
         if isinstance(p, TwoPhase):
             return self.two_phase(p, spec)
-        if isinstance(p, PerTask):
-            return self.per_task(p, spec)
+        if isinstance(p, Rounds):
+            return self.rounds(p, spec)
         if not isinstance(p, Prefix):
             return
         try:
@@ -1024,8 +1070,10 @@ class _Rules:
             raise self.error("reference.strategy", "the reference trains the whole stream, while evaluate_on: rest "
                                                    "trains the tasks after the prefix alone", "null with evaluate_on: rest")
 
-    def per_task(self, p: PerTask, spec: SweepSpec) -> None:
+    def rounds(self, p: Rounds, spec: SweepSpec) -> None:
         """A round trains one task from the kept model: its values are what can change between tasks."""
+        if isinstance(p, Chf):
+            self.chf(p, spec)
         schedulable = mutable_paths()
         for key in spec.search:
             if key not in schedulable:
@@ -1033,27 +1081,46 @@ class _Rules:
                                                   "task (the model, the stream, the optimiser and the seed are fixed "
                                                   "once task 0 starts)", ", ".join(schedulable))
         if spec.scheduler.name != "fifo":
-            raise self.error("scheduler", f"got {spec.scheduler.name}, but a per_task trial trains one task and ends: "
-                                          f"there is nothing to stop early or to exploit", "fifo with per_task")
-        if "metric" not in spec.objective.model_fields_set:  # select_on names it
+            raise self.error("scheduler", f"got {spec.scheduler.name}, but a {p.name} trial trains one task and ends: "
+                                          f"there is nothing to stop early or to exploit", f"fifo with {p.name}")
+        if "metric" not in spec.objective.model_fields_set:  # the protocol names it
             spec.objective = spec.objective.model_copy(update={"metric": p.metric})
             spec.objective.model_fields_set.add("metric")
         if spec.objective.metric != p.metric:
-            raise self.error("objective.metric", f"got {spec.objective.metric}, but per_task with select_on "
-                                                 f"{p.select_on} ranks each round by {p.metric}",
-                             f"{p.metric} (or leave it out), or protocol.select_on "
-                             f"{'seen' if p.select_on == 'current' else 'current'}")
+            other = f", or protocol.select_on {'seen' if p.select_on == 'current' else 'current'}" \
+                if isinstance(p, PerTask) else ""
+            how = f" with select_on {p.select_on}" if isinstance(p, PerTask) else ""
+            raise self.error("objective.metric", f"got {spec.objective.metric}, but {p.name}{how} ranks each round "
+                                                 f"by {p.metric}", f"{p.metric} (or leave it out){other}")
         if spec.selection.finalists:
-            raise self.error("selection.finalists", "per_task keeps one trial per round, from one model", "0")
+            raise self.error("selection.finalists", f"{p.name} keeps one trial per round, from one model", "0")
         if spec.reference.strategy is not None:
             raise self.error("reference.strategy", "the reference trains the whole stream before the first round, "
-                                                   "while a round may see its tasks alone", "null with per_task")
+                                                   "while a round may see its tasks alone", f"null with {p.name}")
         for key in ("visible_tasks", "task_range"):
             if (spec.base.get("benchmark") or {}).get(key) is not None:
-                raise self.error(f"base.benchmark.{key}", "is set, but per_task decides which tasks each round "
-                                                          "sees", "null")
+                raise self.error(f"base.benchmark.{key}", f"is set, but {p.name} decides which tasks each round "
+                                                          f"sees", "null")
         if spec.base.get("schedule") is not None:
-            raise self.error("base.schedule", "is set, but a schedule is what per_task chooses", "null")
+            raise self.error("base.schedule", f"is set, but a schedule is what {p.name} chooses", "null")
+
+    def chf(self, p: Chf, spec: SweepSpec) -> None:
+        """CHF searches lr and the strength itself: no search of its own, the strategy must have a strength."""
+        if spec.search:
+            raise self.error(f"search.{next(iter(spec.search))}", "chf searches train.lr (protocol.lr, by fine-tuning) "
+                                                                  "and strategy.lambda (decayed from protocol.start) "
+                                                                  "itself, and nothing else", "search: {} with chf")
+        strategy = (spec.base.get("strategy") or {}).get("name", StrategyConfig.name)
+        from clcore.strategies import catalogue
+
+        declared = catalogue.strategies().get(strategy)
+        if declared is not None and STRENGTH.removeprefix("strategy.") not in declared.params.names:
+            having = sorted(n for n, s in catalogue.strategies().items() if STRENGTH.removeprefix("strategy.")
+                            in s.params.names)
+            raise self.error("base.strategy.name", f"{strategy} has no strength ({STRENGTH}) for chf to decay",
+                             ", ".join(having))
+        if "algorithm" not in spec.model_fields_set:  # the rounds are grids of their own
+            spec.algorithm = Algorithm(name="grid", num_samples=1)
 
     def two_phase(self, p: TwoPhase, spec: SweepSpec) -> None:
         fields = [f.name for f in dataclasses.fields(BenchmarkConfig)]
@@ -1129,6 +1196,8 @@ class _Rules:
 
     # -------------------------------------------------------------- search
     def search(self, search: dict[str, Distribution]) -> None:
+        if not search and not isinstance(self.spec.protocol, Chf):
+            raise self.error("search", *SweepSpec.shapes["search"])
         paths = config_paths()
         searchable = [p for p in paths if p not in NOT_SEARCHABLE]
         for key, d in search.items():

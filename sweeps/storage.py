@@ -23,9 +23,10 @@ record, in JSON only:
                         on ``protocol.seeds`` fresh seeds, a sweep folder of its own (``evaluation_of``, ``seed``)
     finalists/          with ``selection.finalists``: the finalists trained again on fresh seeds, a
                         sweep folder of its own (its trials' Ray config: ``finalist_of``, ``seed``)
-    rounds/task_<t>/    with ``protocol: per_task``: round t, a sweep folder of its own (its trials train
-                        task t from the model round t - 1 kept, seeing tasks 0..t alone)
-    schedule.json       with ``protocol: per_task``: per finished round, the trial it kept, its values and
+    rounds/task_<t>/    with ``protocol: per_task`` or ``chf``: round t, a sweep folder of its own (its trials
+                        train task t from the model round t - 1 kept, seeing tasks 0..t alone); chf's
+                        holds the stability decay's attempts, and ``plasticity/`` its lr search
+    schedule.json       with ``per_task`` or ``chf``: per finished round, the trial it kept, its values and
                         score (`read_schedule`); a resume starts at the first round not in it
     summary.json, best_config.yaml   after the sweep
 
@@ -49,7 +50,7 @@ from typing import Any, Optional
 
 from clcore.config import ExperimentConfig
 from clcore.metrics import Reference
-from sweeps.spec import EndOfTraining, PerTask, SweepSpec
+from sweeps.spec import EndOfTraining, Rounds, SweepSpec
 
 SPEC_FILE = "sweep.yaml"
 TRIALS_FILE = "trials.jsonl"
@@ -66,7 +67,8 @@ EVALUATION_OF = "evaluation_of"  # an evaluation run's Ray config: {evaluation_o
 REFERENCE_DIR = "reference"  # in the sweep's folder: the reference runs, a sweep folder itself
 REFERENCE_FILE = "reference.json"  # in the sweep's folder: a*_k per task, from the reference runs
 FINALIST_OF = "finalist_of"  # a finalist run's Ray config: {finalist_of: <search trial id>, seed: <fresh seed>}
-ROUNDS_DIR = "rounds"  # in a per_task sweep's folder: one sweep folder per round, `round_dirname`
+ROUNDS_DIR = "rounds"  # in a per_task or chf sweep's folder: one sweep folder per round, `round_dirname`
+PLASTICITY_DIR = "plasticity"  # in a chf round's folder: its maximal plasticity search, a sweep folder itself
 SCHEDULE_FILE = "schedule.json"  # in a per_task sweep's folder: the trial each finished round kept
 SCHEDULE = "schedule"  # a per_task evaluation run's ``evaluation_of``: the schedule, not one trial
 
@@ -187,14 +189,15 @@ class SweepState:
     finalists: Optional["SweepState"] = None  # the finalists' runs on fresh seeds (``selection.finalists``)
     reference: Optional[dict] = None  # ``reference.json`` (`reference_from`): a*_k per task, once trained
     evaluation: Optional["SweepState"] = None  # the protocol's evaluation runs of the chosen values
-    rounds: list["SweepState"] = field(default_factory=list)  # per_task: round t's runs, by task
+    rounds: list["SweepState"] = field(default_factory=list)  # per_task, chf: round t's runs, by task
+    plasticity: list["SweepState"] = field(default_factory=list)  # chf: round t's maximal plasticity search
     schedule: list[dict] = field(default_factory=list)  # per_task: ``schedule.json``, the finished rounds
 
     def chosen_config(self) -> Optional[ExperimentConfig]:
         """What the sweep selected, as it is to be trained (``best_config.yaml``): the best trial's config,
         or with a protocol that evaluates elsewhere (``prefix``, ``two_phase``) its evaluation config on the
         first evaluation seed (that run again)."""
-        if isinstance(self.spec.protocol, PerTask):
+        if isinstance(self.spec.protocol, Rounds):
             if len(self.schedule) < self.spec.n_tasks:
                 return None
             return self.spec.schedule_config([entry["values"] for entry in self.schedule],
@@ -210,7 +213,7 @@ class SweepState:
         """What the sweep trained, every phase together (the reference, the search, finalists,
         evaluation): ``task_trainings`` (tasks trained, summed over runs) and ``clcore_seconds`` (time
         inside clcore.run, summed over runs: CPU or GPU time of the trials, not wall time)."""
-        phases = [self, self.finalists, self.evaluation, *self.rounds]
+        phases = [self, self.finalists, self.evaluation, *self.rounds, *self.plasticity]
         if (self.path / REFERENCE_DIR / SPEC_FILE).exists():
             phases.append(load_sweep(self.path / REFERENCE_DIR))
         runs = [t for phase in phases if phase is not None for t in phase.trials]
@@ -298,7 +301,7 @@ class SweepState:
             "finalists": self.finalist_rows(), "reference": self.reference,
             "protocol": self.spec.protocol.name, "evaluation": self.evaluation_row(), "cost": self.cost(),
             **({"schedule": self.schedule, "rounds": [r.counts() for r in self.rounds]}
-               if isinstance(self.spec.protocol, PerTask) else {}),
+               if isinstance(self.spec.protocol, Rounds) else {}),
             "storage_bytes": folder_bytes(self.path),
             "best_trial": None if best is None else {
                 "trial_id": best.trial_id, "value": best.last[self.spec.objective.metric], "params": best.params,
@@ -321,8 +324,8 @@ class SweepState:
         except the best trial's newest, kept for whoever wants its weights. Failed and unfinished trials
         keep theirs: ``clsweep resume`` continues them. The finalists' runs likewise. Returns the bytes freed."""
         best = self.best()
-        freed = sum(runs.prune_checkpoints() for runs in (self.finalists, self.evaluation, *self.rounds)
-                    if runs is not None)
+        freed = sum(runs.prune_checkpoints() for runs in (self.finalists, self.evaluation, *self.rounds,
+                                                          *self.plasticity) if runs is not None)
         for trial in self.trials:
             if trial.outcome not in (Outcome.COMPLETE, Outcome.REJECTED, Outcome.STOPPED_EARLY):
                 continue
@@ -448,13 +451,16 @@ def load_sweep(path: str | Path, reference: Optional[dict] = None) -> SweepState
     wall = json.loads(summary.read_text()).get("wall_seconds") if summary.exists() else None
     finalists, evaluation = (load_sweep(path / folder, reference) if (path / folder / SPEC_FILE).exists() else None
                              for folder in (FINALISTS_DIR, EVALUATION_DIR))
-    rounds = []
-    for t in range(n_tasks) if isinstance(spec.protocol, PerTask) else ():
+    rounds, plasticity = [], []
+    for t in range(n_tasks) if isinstance(spec.protocol, Rounds) else ():
         folder = path / ROUNDS_DIR / round_dirname(t)
+        if (folder / PLASTICITY_DIR / SPEC_FILE).exists():
+            plasticity.append(load_sweep(folder / PLASTICITY_DIR))
         if not (folder / SPEC_FILE).exists():
             break
         rounds.append(load_sweep(folder))
-    return SweepState(spec, path, trials, wall, finalists, reference, evaluation, rounds, read_schedule(path))
+    return SweepState(spec, path, trials, wall, finalists, reference, evaluation, rounds, plasticity,
+                      read_schedule(path))
 
 
 def _json_lines(file: Path) -> list[dict]:
@@ -488,5 +494,5 @@ __all__ = ["Outcome", "TrialRecord", "SweepState", "TrialLedger", "load_sweep", 
            "BRACKETS_FILE", "record_bracket", "recorded_brackets",
            "SUMMARY_FILE", "BEST_CONFIG_FILE", "TASKS_FILE", "FAILURE_FILE", "TIME_ATTR", "CHECKPOINT_DIRS", "folder_bytes",
            "TRAINING", "INFRASTRUCTURE",
-           "FINALISTS_DIR", "FINALIST_OF", "ROUNDS_DIR", "SCHEDULE_FILE", "SCHEDULE", "round_dirname", "read_schedule",
+           "FINALISTS_DIR", "FINALIST_OF", "ROUNDS_DIR", "PLASTICITY_DIR", "SCHEDULE_FILE", "SCHEDULE", "round_dirname", "read_schedule",
            "write_schedule"]

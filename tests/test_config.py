@@ -15,7 +15,7 @@ FULL_EWC = {
     "benchmark": {"name": "split_cifar100", "scenario": "class", "n_tasks": 10, "seed": 3, "class_order": None,
                   "shuffle_classes": True, "val_fraction": 0.2, "train_samples_per_task": 500, "rotations": None,
                   "normalize": False,
-                  "task_range": [2, 7],
+                  "task_range": [2, 7], "visible_tasks": None,
                   "data_dir": "~/datasets", "download": True},
     "model": {"name": "resnet18", "hidden_sizes": [128], "dropout": 0.25, "head": "incremental"},
     "strategy": {"name": "ewc", "lambda": 1234.5, "mode": "online", "decay_factor": 0.95, "fisher": "sampled",

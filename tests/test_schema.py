@@ -26,7 +26,8 @@ SCHEMA_LINE = "# yaml-language-server: $schema=../docs/sweep.schema.json"
 # The others break a rule between fields (a bound against the field it searches, pbt against optuna, ...)
 # or are not UTF-8 YAML at all; `load_spec` rejects every one of them (tests/test_spec.py).
 STRUCTURAL = {
-    "asha_reduction_factor_one", "bad_name", "base_unknown_key", "distribution_extra_setting",
+    "asha_reduction_factor_one", "bad_name", "base_unknown_key", "chf_decay_above_one", "chf_with_a_search",
+    "distribution_extra_setting",
     "distribution_missing_setting", "distribution_not_a_mapping", "empty_search", "missing_base", "mlflow_not_bool",
     "negative_max_failures", "not_a_config_field", "objective_bad_mode", "pbt_quantile_above_half",
     "prefix_without_tasks", "reference_lr_not_positive", "reference_unknown_strategy", "unknown_protocol",

@@ -537,6 +537,67 @@ def test_the_per_task_protocol_keeps_one_model_per_round_and_its_schedule_retrai
         [r.last["test_matrix"] for r in sorted(runs, key=lambda r: r.params["seed"])]
 
 
+def test_chf_searches_the_lr_by_fine_tuning_then_decays_lambda_until_within_the_drop(tmp_path, local_ray):
+    """De Lange et al.'s CHF, small: task 0 is the strategy's own lr search; on task 1 fine-tuning from the
+    kept model finds A* and lr*, then lambda decays from 1e4 by 0.1 at lr*, and the first attempt within
+    0.5% of A* is kept (every stronger one failed). The schedule retrains the evaluation run exactly."""
+    from sweeps.storage import PLASTICITY_DIR
+
+    spec = SweepSpec.from_dict(sweep(
+        tmp_path, "chf", search={}, objective={}, scheduler="fifo", resources={"cpu": 1.0},
+        base={**sweep(tmp_path, "x")["base"], "benchmark": {"name": "synthetic", "scenario": "task", "n_tasks": 2},
+              "strategy": {"name": "ewc"}},
+        protocol={"name": "chf", "lr": [0.003, 0.1], "start": 1.0e4, "decay": 0.1, "attempts": 4, "drop": 0.005,
+                  "seeds": 1}))
+    state = run_sweep(spec, verbose=0)
+
+    first, second = state.schedule
+    lrs = {t.params["train.lr"]: t for t in state.rounds[0].trials}
+    assert sorted(lrs) == [0.003, 0.1] and first["trial_id"] == max(
+        lrs.values(), key=lambda t: t.last["val_accuracy_current_task"]).trial_id
+    assert first["values"] == {"train.lr": lrs[first["values"]["train.lr"]].params["train.lr"], "strategy.lambda": 1e4}
+    plasticity = state.plasticity[0]  # task 1: fine-tuning from the kept model, on each lr
+    assert (Path(state.rounds[1].path) / PLASTICITY_DIR) == Path(plasticity.path)
+    assert {plasticity.trial_config(t).strategy.name for t in plasticity.trials} == {"naive"}
+    best_ft = max(plasticity.trials, key=lambda t: t.last["val_accuracy_current_task"])
+    assert second["a_star"] == best_ft.last["val_accuracy_current_task"]
+    assert second["values"]["train.lr"] == best_ft.params["train.lr"]
+    kept_first = state.rounds[0].trial(first["trial_id"])
+    for trial in (*plasticity.trials, *state.rounds[1].trials):
+        rows = task_rows(trial.path)
+        if rows:  # each from the kept model, trained on task 1 alone
+            assert [r["tasks_seen"] for r in rows] == [2] and rows[0]["val_matrix"][:1] == kept_first.last["val_matrix"]
+    attempts = {t.params["strategy.lambda"]: t for t in state.rounds[1].trials if t.outcome == "complete"}
+    strengths = [1e4, 1e3, 100.0, 10.0]
+    assert spec.protocol.strengths() == strengths
+    threshold = (1 - 0.005) * second["a_star"]
+    assert second["attempt"] >= 1  # lambda 1e4 holds task 1 back by more than the drop: it decayed
+    chosen = strengths[second["attempt"]]
+    assert second["values"]["strategy.lambda"] == chosen and second["trial_id"] == attempts[chosen].trial_id
+    assert all(attempts[s].last["val_accuracy_current_task"] < threshold for s in strengths[:second["attempt"]])
+    assert second["passed"] == (attempts[chosen].last["val_accuracy_current_task"] >= threshold)
+    assert second["passed"] or second["attempt"] == 3
+
+    run, = state.evaluation.trials
+    chosen_config = ExperimentConfig.from_yaml(spec.experiment_path / "best_config.yaml")
+    assert chosen_config.schedule == [first["values"], second["values"]]
+    assert clcore.run(chosen_config).test_matrix == run.last["test_matrix"]
+
+
+def test_chfs_stopper_ends_the_decay_once_the_first_to_pass_is_known():
+    from sweeps.runner import _FirstToPass
+
+    stop = _FirstToPass([100.0, 10.0, 1.0, 0.1], "val_accuracy_current_task", 0.8)
+    result = lambda value, acc: {"config": {"strategy.lambda": value}, "val_accuracy_current_task": acc}
+    stop("b", result(10.0, 0.9))  # a weaker attempt passed, but the stronger one is not known yet
+    assert not stop.stop_all()
+    stop("a", result(100.0, 0.5))
+    assert stop.stop_all()  # 100 failed, 10 passed: 10 it is, whatever 1 and 0.1 would give
+    none = _FirstToPass([100.0, 10.0], "val_accuracy_current_task", 0.8)
+    none("a", result(100.0, 0.5)), none("b", result(10.0, 0.5))
+    assert not none.stop_all()  # none passed: every attempt runs
+
+
 def test_compare_runs_each_protocol_and_tabulates_them_against_end_of_training(tmp_path, local_ray):
     """`clsweep compare` on one file: every protocol is a sweep, each choice trains on the same fresh
     seeds, and the table's compute is the tasks each sweep trained (search and evaluation)."""
