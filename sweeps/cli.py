@@ -298,6 +298,9 @@ def _rounds(state) -> list[str]:
         kept = next((entry for entry in state.schedule if entry["task"] == task), None)
         chosen = "" if kept is None else f": kept {kept['trial_id']}, {metric} {kept['value']:.4f}, " + \
             ", ".join(f"{k} = {_short(v)}" for k, v in kept["values"].items())
+        if kept is not None and "a_star" in kept:  # chf: what fine-tuning reached, and which attempt was kept
+            chosen += f" (fine-tuning {kept['a_star']:.4f}; attempt {kept['attempt'] + 1}" + \
+                ("" if kept["passed"] else ", none within the drop: the weakest") + ")"
         lines.append(f"  round {task} ({counts}){chosen}")
         lines += [f"    {t.trial_id} ({t.cause or 'cause not recorded'}): {t.error}"
                   for t in runs.trials if t.outcome == Outcome.FAILED]

@@ -31,12 +31,15 @@ from typing import Optional
 import yaml
 
 from clcore.config import ConfigError
-from sweeps.spec import PerTask, SweepSpec, load_spec
+from sweeps.spec import PROTOCOLS, SweepSpec, load_spec
 
-TOKEN = re.compile(r"^(end_of_training|prefix:(\d+)(:rest)?|two_phase:([a-z_]+)=([^,:=]+)|per_task(:seen)?)$")
+TOKEN = re.compile(r"^(end_of_training|prefix:(\d+)(:rest)?|two_phase:([a-z_]+)=([^,:=]+)|per_task(:seen)?|"
+                   r"chf:([0-9.eE+-]+))$")
 TOKENS = ("end_of_training, prefix:K (tune on the first K tasks, evaluate on all), prefix:K:rest, "
           "two_phase:FIELD=VALUE (tune on the benchmark with that field changed: two_phase:seed=1), "
-          "per_task (a round per task, selected on it), per_task:seen (selected on the tasks seen)")
+          "per_task (a round per task, selected on it), per_task:seen (selected on the tasks seen), "
+          "chf:LAMBDA (CHF, lambda decayed from LAMBDA; the lr grid from search.train.lr)")
+CHF_LR_POINTS = 5  # chf's lr grid from a searched range: this many values, log-spaced over it
 COMPARE_FILES = ("compare.csv", "compare.md", "compare.json", "compare.png")
 COLUMNS = ("average_accuracy", "forgetting", "min_accuracy_current_task")  # test, mean ± std
 
@@ -50,6 +53,8 @@ def protocol_section(token: str, seeds: int) -> dict:
     match = TOKEN.match(token)
     if match is None:
         raise ConfigError("--protocols", f"unknown protocol {token!r}", TOKENS)
+    if match.group(7) is not None:
+        return {"name": "chf", "start": float(match.group(7)), "seeds": seeds}
     if token.startswith("per_task"):
         return {"name": "per_task", "select_on": "seen" if match.group(6) else "current", "seeds": seeds}
     if match.group(4) is not None:
@@ -71,9 +76,7 @@ def plan(path: str | Path, tokens: list[str], seeds: int, overrides: Optional[li
     out = []
     for token in tokens:
         section = protocol_section(token, seeds)
-        # per_task ranks each round by its select_on metric, and its trials train one task: no scheduler
-        rounds = [f"objective.metric={PerTask(**section).metric}", "scheduler=fifo"] if section["name"] == "per_task" \
-            else []
+        rounds = _rounds_overrides(section, load_spec(path, overrides))
         try:
             spec = load_spec(path, [*(overrides or []), f"name={protocol_sweep_name(name, token)}",
                                     f"protocol={json.dumps(section)}", *rounds])
@@ -81,6 +84,28 @@ def plan(path: str | Path, tokens: list[str], seeds: int, overrides: Optional[li
             raise ConfigError("--protocols", f"{token}: {error}") from None
         out.append((token, spec))
     return out
+
+
+def _rounds_overrides(section: dict, spec: SweepSpec) -> list[str]:
+    """What a per_task or chf sweep changes in the file besides its protocol: each round is ranked by the
+    protocol's metric and its trials train one task (no scheduler); chf searches nothing itself, and
+    takes its lr grid from ``search.train.lr``: its values, or `CHF_LR_POINTS` log-spaced over its range."""
+    if section["name"] not in ("per_task", "chf"):
+        return []
+    out = ["scheduler=fifo"]
+    if section["name"] == "chf":
+        lr = spec.search.get("train.lr")
+        if lr is None:
+            raise ConfigError("--protocols", "chf tunes train.lr by fine-tuning on a grid it takes from the file's "
+                                             "search.train.lr, which this file does not search",
+                              "a sweep file that searches train.lr")
+        if lr.discrete:
+            section["lr"] = list(lr.values)
+        else:
+            ratio = (lr.high / lr.low) ** (1 / (CHF_LR_POINTS - 1))
+            section["lr"] = [float(f"{lr.low * ratio ** i:.3g}") for i in range(CHF_LR_POINTS)]
+        out += ["search={}", "algorithm={name: grid, num_samples: 1}"]
+    return [f"objective.metric={PROTOCOLS[section['name']](**section).metric}", *out]
 
 
 def protocol_sweep_name(name: str, token: str) -> str:

@@ -537,7 +537,7 @@ def test_the_per_task_protocol_keeps_one_model_per_round_and_its_schedule_retrai
         [r.last["test_matrix"] for r in sorted(runs, key=lambda r: r.params["seed"])]
 
 
-def test_chf_searches_the_lr_by_fine_tuning_then_decays_lambda_until_within_the_drop(tmp_path, local_ray):
+def test_chf_searches_the_lr_by_fine_tuning_then_decays_lambda_until_within_the_drop(tmp_path, local_ray, capsys):
     """De Lange et al.'s CHF, small: task 0 is the strategy's own lr search; on task 1 fine-tuning from the
     kept model finds A* and lr*, then lambda decays from 1e4 by 0.1 at lr*, and the first attempt within
     0.5% of A* is kept (every stronger one failed). The schedule retrains the evaluation run exactly."""
@@ -582,6 +582,9 @@ def test_chf_searches_the_lr_by_fine_tuning_then_decays_lambda_until_within_the_
     chosen_config = ExperimentConfig.from_yaml(spec.experiment_path / "best_config.yaml")
     assert chosen_config.schedule == [first["values"], second["values"]]
     assert clcore.run(chosen_config).test_matrix == run.last["test_matrix"]
+    capsys.readouterr()
+    assert main(["status", str(spec.experiment_path)]) == 0
+    assert f"(fine-tuning {second['a_star']:.4f}; attempt {second['attempt'] + 1})" in capsys.readouterr().out
 
 
 def test_chfs_stopper_ends_the_decay_once_the_first_to_pass_is_known():
