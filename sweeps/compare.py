@@ -31,7 +31,7 @@ from typing import Optional
 import yaml
 
 from clcore.config import ConfigError
-from sweeps.spec import PROTOCOLS, SweepSpec, load_spec
+from sweeps.spec import PROTOCOLS, Rounds, SweepSpec, load_spec
 
 TOKEN = re.compile(r"^(end_of_training|prefix:(\d+)(:rest)?|two_phase:([a-z_]+)=([^,:=]+)|per_task(:seen)?|"
                    r"chf:([0-9.eE+-]+))$")
@@ -142,7 +142,7 @@ def run_compare(path: str | Path, tokens: list[str], seeds: int = 3, overrides: 
             folder = spec.experiment_path
             tracking = tracking_for(spec) if tracking_for else None
             state = load_sweep(folder) if (folder / SUMMARY_FILE).exists() else None
-            if state is not None and all(t.outcome.ended for t in state.trials):
+            if state is not None and _finished(state):
                 states[token] = state
             elif (folder / SPEC_FILE).exists():
                 states[token] = runner.resume_sweep(folder, tracking=tracking)
@@ -161,16 +161,30 @@ def run_compare(path: str | Path, tokens: list[str], seeds: int = 3, overrides: 
     return rows, out
 
 
+def _finished(state) -> bool:
+    """Every trial of every phase ended, and a per_task or chf sweep has its whole schedule."""
+    ended = all(t.outcome.ended for phase in (state, *state.rounds) for t in phase.trials)
+    return ended and (not isinstance(state.spec.protocol, Rounds) or len(state.schedule) == state.spec.n_tasks)
+
+
+def _chosen(state) -> Optional[dict]:
+    """The chosen values: the best trial's, or a schedule's, each key with its values task by task."""
+    if state.schedule:
+        keys = list(state.schedule[0]["values"])
+        return {key: [entry["values"].get(key) for entry in state.schedule] for key in keys}
+    best = state.best()
+    return dict(best.params) if best else None
+
+
 def table(states: dict) -> list[dict]:
     """One row per protocol: its evaluation's test metrics, the difference to end_of_training, the cost."""
     rows = []
     for token, state in states.items():
         evaluation = state.evaluation_row()
         metrics = evaluation["metrics"] if evaluation else {}
-        best = state.best()
         task_range = state.spec.evaluation_range or [0, state.spec.example_config().benchmark.n_tasks]
         row = {"protocol": token, "sweep": state.spec.name, "path": str(state.path), "evaluated_on": task_range,
-               "chosen": dict(best.params) if best else None, "seeds": evaluation["seeds"] if evaluation else [],
+               "chosen": _chosen(state), "seeds": evaluation["seeds"] if evaluation else [],
                **state.cost()}
         for name in COLUMNS:
             value = metrics.get(f"test_{name}")
@@ -188,6 +202,13 @@ def table(states: dict) -> list[dict]:
     return rows
 
 
+def _value(value) -> str:
+    """A chosen value for the table: a float to 3 digits, a schedule's values per task joined by ``/``."""
+    if isinstance(value, list):
+        return "/".join(_value(v) for v in value)
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def markdown(rows: list[dict]) -> str:
     def pm(row, name):
         mean, std = row[f"test_{name}"], row[f"test_{name}_std"]
@@ -200,7 +221,7 @@ def markdown(rows: list[dict]) -> str:
              "Δ average accuracy to end_of_training | task trainings | × end_of_training | clcore seconds | chosen |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        chosen = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in (r["chosen"] or {}).items())
+        chosen = ", ".join(f"{k} {_value(v)}" for k, v in (r["chosen"] or {}).items())
         start, stop = r["evaluated_on"]
         lines.append(f"| {r['protocol']} | {start}..{stop - 1} | {pm(r, 'average_accuracy')} | {pm(r, 'forgetting')} | "
                      f"{pm(r, 'min_accuracy_current_task')} | {num(r['delta_average_accuracy'], '+.4f')} | "

@@ -300,7 +300,7 @@ def test_a_schedule_trains_like_a_chain_of_runs_each_seeing_one_task_more(sectio
     values = [{"train.lr": lr} for lr in (0.05, 0.02, 0.08, 0.01, 0.03)] if "lambda" not in config.strategy.params else \
         [{"train.lr": lr, "strategy.lambda": lam} for lr, lam in zip((3e-3, 1e-3, 2e-3, 3e-3, 5e-4),
                                                                     (50.0, 500.0, 5.0, 100.0, 1000.0))]
-    saved, rows = None, []
+    saved = None
     for k, chosen in enumerate(values):
         step = config.with_overrides({**chosen, "benchmark.visible_tasks": k + 1})
         result, checkpoints, _ = collect(step, resume_from=saved, raw=synthetic)
