@@ -162,7 +162,7 @@ def run_compare(path: str | Path, tokens: list[str], seeds: int = 3, overrides: 
 
 
 def _finished(state) -> bool:
-    """Every trial of every phase ended, and a per_task or chf sweep has its whole schedule."""
+    """Every trial of every phase ended; a per_task or chf sweep has its whole schedule."""
     ended = all(t.outcome.ended for phase in (state, *state.rounds) for t in phase.trials)
     return ended and (not isinstance(state.spec.protocol, Rounds) or len(state.schedule) == state.spec.n_tasks)
 

@@ -69,8 +69,8 @@ REFERENCE_FILE = "reference.json"  # in the sweep's folder: a*_k per task, from 
 FINALIST_OF = "finalist_of"  # a finalist run's Ray config: {finalist_of: <search trial id>, seed: <fresh seed>}
 ROUNDS_DIR = "rounds"  # in a per_task or chf sweep's folder: one sweep folder per round, `round_dirname`
 PLASTICITY_DIR = "plasticity"  # in a chf round's folder: its maximal plasticity search, a sweep folder itself
-SCHEDULE_FILE = "schedule.json"  # in a per_task sweep's folder: the trial each finished round kept
-SCHEDULE = "schedule"  # a per_task evaluation run's ``evaluation_of``: the schedule, not one trial
+SCHEDULE_FILE = "schedule.json"  # in a per_task or chf sweep's folder: the trial each finished round kept
+SCHEDULE = "schedule"  # a per_task or chf evaluation run's ``evaluation_of``: the schedule, not one trial
 
 # What the best trial's score bought, in the summary beside it: forgetting and plasticity (with a
 # reference, intransigence and the lowest share of the reference's a*_k too).
@@ -112,13 +112,14 @@ class Outcome(str, enum.Enum):
 
 
 def round_dirname(task: int) -> str:
-    """A per_task round's folder under ``rounds/``: the task it trains."""
+    """A per_task or chf round's folder under ``rounds/``: the task it trains."""
     return f"task_{task}"
 
 
 def read_schedule(path: str | Path) -> list[dict]:
-    """A per_task sweep's ``schedule.json``: one entry per finished round, in task order,
-    ``{task, trial_id, values, value}`` (``values``: the kept trial's searched values)."""
+    """A per_task or chf sweep's ``schedule.json``: one entry per finished round, in task order,
+    ``{task, trial_id, values, value}`` (``values``: what the kept trial trained task t with; chf adds
+    ``a_star``, ``lr_trial_id``, ``attempt`` and ``passed``)."""
     file = Path(path) / SCHEDULE_FILE
     return json.loads(file.read_text()) if file.exists() else []
 
@@ -191,12 +192,13 @@ class SweepState:
     evaluation: Optional["SweepState"] = None  # the protocol's evaluation runs of the chosen values
     rounds: list["SweepState"] = field(default_factory=list)  # per_task, chf: round t's runs, by task
     plasticity: list["SweepState"] = field(default_factory=list)  # chf: round t's maximal plasticity search
-    schedule: list[dict] = field(default_factory=list)  # per_task: ``schedule.json``, the finished rounds
+    schedule: list[dict] = field(default_factory=list)  # per_task, chf: ``schedule.json``, the finished rounds
 
     def chosen_config(self) -> Optional[ExperimentConfig]:
         """What the sweep selected, as it is to be trained (``best_config.yaml``): the best trial's config,
         or with a protocol that evaluates elsewhere (``prefix``, ``two_phase``) its evaluation config on the
-        first evaluation seed (that run again)."""
+        first evaluation seed (that run again); with ``per_task`` or ``chf`` the schedule on that seed,
+        once every round has finished."""
         if isinstance(self.spec.protocol, Rounds):
             if len(self.schedule) < self.spec.n_tasks:
                 return None
@@ -318,19 +320,21 @@ class SweepState:
         }
 
 
-    def prune_checkpoints(self) -> int:
+    def prune_checkpoints(self, keep: set[str] = frozenset()) -> int:
         """Delete the checkpoints nothing will read again: those of trials that ended (complete or
         stopped early; PBT copies only from running trials, and a resume does not rerun ended ones),
         except the best trial's newest, kept for whoever wants its weights. Failed and unfinished trials
-        keep theirs: ``clsweep resume`` continues them. The finalists' runs likewise. Returns the bytes freed."""
+        keep theirs: ``clsweep resume`` continues them. The finalists' runs likewise, and each round's, which
+        keeps the newest of the trial it kept (``keep``: the schedule's) too. Returns the bytes freed."""
         best = self.best()
-        freed = sum(runs.prune_checkpoints() for runs in (self.finalists, self.evaluation, *self.rounds,
-                                                          *self.plasticity) if runs is not None)
+        kept = {entry["trial_id"] for entry in self.schedule}
+        freed = sum(runs.prune_checkpoints(kept) for runs in (self.finalists, self.evaluation, *self.rounds,
+                                                              *self.plasticity) if runs is not None)
         for trial in self.trials:
             if trial.outcome not in (Outcome.COMPLETE, Outcome.REJECTED, Outcome.STOPPED_EARLY):
                 continue
             folders = sorted(Path(trial.path).glob(CHECKPOINT_DIRS))
-            if best is not None and trial.trial_id == best.trial_id:
+            if (best is not None and trial.trial_id == best.trial_id) or trial.trial_id in keep:
                 folders = folders[:-1]
             for folder in folders:
                 freed += folder_bytes(folder)

@@ -577,6 +577,8 @@ def test_chf_searches_the_lr_by_fine_tuning_then_decays_lambda_until_within_the_
     assert all(attempts[s].last["val_accuracy_current_task"] < threshold for s in strengths[:second["attempt"]])
     assert second["passed"] == (attempts[chosen].last["val_accuracy_current_task"] >= threshold)
     assert second["passed"] or second["attempt"] == 3
+    for runs, entry in zip(state.rounds, state.schedule):  # pruned, but each round's kept model stays
+        assert len(list(Path(runs.trial(entry["trial_id"]).path).glob(CHECKPOINT_DIRS))) == 1
 
     run, = state.evaluation.trials
     chosen_config = ExperimentConfig.from_yaml(spec.experiment_path / "best_config.yaml")
