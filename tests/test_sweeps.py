@@ -618,8 +618,10 @@ def test_compare_runs_each_protocol_and_tabulates_them_against_end_of_training(t
     assert not (tmp_path / "results").exists()  # rejected before anything ran
     (token, two_phase), = plan(file, ["two_phase:name=split_mnist"], 2)
     assert two_phase.name == "small-two_phasenamesplit_mnist" and two_phase.protocol.tune_on == {"name": "split_mnist"}
-    (_, per_task), (_, chf) = plan(file, ["per_task:seen", "chf:10"], 2)  # each round ranked by its metric, no scheduler
-    assert per_task.protocol.select_on == "seen" and per_task.objective.metric == "val_average_accuracy"
+    with pytest.raises(ConfigError, match="chf:10: .*base.strategy.name: naive has no strength"):
+        plan(file, ["chf:10"], 2)
+    (_, per_task), (_, chf) = plan(file, ["per_task:seen", "chf:10"], 2, ["strategy.name=ewc"])  # each round
+    # ranked by its metric, no scheduler    assert per_task.protocol.select_on == "seen" and per_task.objective.metric == "val_average_accuracy"
     assert chf.protocol.lr == [0.003, 0.1] and chf.protocol.start == 10.0 and chf.search == {}  # the file's lr grid
     assert chf.objective.metric == "val_accuracy_current_task" and {per_task.scheduler.name, chf.scheduler.name} == {"fifo"}
 
