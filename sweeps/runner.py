@@ -53,12 +53,10 @@ from sweeps.spec import (OBJECTIVE_ATTR, STRENGTH, Algorithm, Chf, EndOfTraining
 from sweeps.storage import (BEST_CONFIG_FILE, CHECKPOINT_DIRS, ERROR, EVALUATION_DIR, EVALUATION_OF, FAILURE_FILE,
                             FINALIST_OF, FINALISTS_DIR,
                             INFRASTRUCTURE, PLASTICITY_DIR, REFERENCE_DIR, REFERENCE_FILE, ROUNDS_DIR, SCHEDULE,
-                            SPEC_FILE,
-                            SUMMARY_FILE, TERMINATED, TIME_ATTR, TRAINING, Outcome,
+                            SPEC_FILE, SUMMARY_FILE, TERMINATED, TIME_ATTR, TRAINING, Outcome,
                             SweepState, TrialLedger, TrialRecord, as_reference, load_sweep, read_reference,
                             read_schedule, reference_from, round_dirname, trial_dirname, write_schedule)
-from sweeps.trainable import CHECKPOINT_FILE
-from sweeps.trainable import TrialLoggerFactory, run_trial
+from sweeps.trainable import CHECKPOINT_FILE, TrialLoggerFactory, run_trial
 
 # Ray settings for a readable console and lean storage; set only where the user has not. Ray
 # reads them when the sweep starts.
@@ -486,7 +484,7 @@ def _kept_model(folder: Path, entry: dict) -> dict:
 
 
 def _evaluate_schedule(spec: SweepSpec, state: SweepState, raw, verbose: int) -> None:
-    """per_task's evaluation: the schedule trained from scratch, every task seen, on ``protocol.seeds``
+    """per_task's and chf's evaluation: the schedule trained from scratch, every task seen, on ``protocol.seeds``
     fresh seeds, in parallel, a sweep of its own in ``<sweep>/evaluation`` (``evaluation_of: schedule``).
     One that did not finish starts again."""
     seeds = spec.evaluation_seeds
