@@ -658,14 +658,14 @@ class SweepSpec(_Section):
         return config
 
     def round_spec(self, task: int, name: str) -> "SweepSpec":
-        """per_task's round ``task`` as a sweep of its own, ``name``: the search on the base that sees
+        """Round ``task`` of per_task or chf as a sweep of its own, ``name``: the search on the base that sees
         tasks 0..task alone (``benchmark.visible_tasks``), every trial to that task."""
         base = copy.deepcopy(self.base)
         base.setdefault("benchmark", {})["visible_tasks"] = task + 1
         return self.model_copy(update={"name": name, "base": base, "protocol": EndOfTraining(name="end_of_training")})
 
     def schedule_config(self, schedule: list[dict[str, Any]], seed: int) -> ExperimentConfig:
-        """per_task's choice as a config: the base on ``seed`` with, per task, the searched values its
+        """A per_task or chf choice as a config: the base on ``seed`` with, per task, the values its
         round kept (``schedule``, one mapping per task, as ``schedule.json`` holds them)."""
         data = _merged(self.base, {"seed": seed})
         data["schedule"] = [self.active(dict(values)) for values in schedule]
@@ -1077,9 +1077,9 @@ class _Rules:
         schedulable = mutable_paths()
         for key in spec.search:
             if key not in schedulable:
-                raise self.error(f"search.{key}", "cannot change between tasks, and per_task chooses values per "
-                                                  "task (the model, the stream, the optimiser and the seed are fixed "
-                                                  "once task 0 starts)", ", ".join(schedulable))
+                raise self.error(f"search.{key}", f"cannot change between tasks, and {p.name} chooses values per "
+                                                  f"task (the model, the stream, the optimiser and the seed are fixed "
+                                                  f"once task 0 starts)", ", ".join(schedulable))
         if spec.scheduler.name != "fifo":
             raise self.error("scheduler", f"got {spec.scheduler.name}, but a {p.name} trial trains one task and ends: "
                                           f"there is nothing to stop early or to exploit", f"fifo with {p.name}")
