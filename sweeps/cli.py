@@ -434,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="one sweep file under several selection protocols, side by side")
     p.add_argument("space", help="sweep file, e.g. search_spaces/quickstart.yaml")
     p.add_argument("--protocols", default="end_of_training,prefix:2",
-                   help="comma-separated: end_of_training, prefix:K (tune on the first K tasks), prefix:K:rest "
-                        "(and evaluate on the tasks after them alone); default: end_of_training,prefix:2")
+                   help="comma-separated protocol tokens, e.g. end_of_training,prefix:2,prefix:2:rest,"
+                        "two_phase:seed=1,per_task,chf:1e4 (a wrong one is answered with the grammar; "
+                        "docs/protocols.md); default: end_of_training,prefix:2")
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds each protocol's choice trains on (default: 3)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a sweep setting, as for run")
     _ray_arguments(p)
