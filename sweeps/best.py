@@ -23,6 +23,7 @@ from typing import Optional
 
 from clcore.config import ExperimentConfig
 from sweeps import mlflow_store as T
+from sweeps.spec import PROTOCOLS, EndOfTraining, Rounds
 
 # Metrics that are better when lower, for a metric given without a mode.
 LOWER_IS_BETTER = ("forgetting", "intransigence", "loss", "penalty", "penalty_to_loss_ratio")
@@ -65,7 +66,7 @@ def top_configs(sweep_name: str, k: int = 5, metric: Optional[str] = None, track
 
 def top_runs(sweep_name: str, k: int = 5, metric: Optional[str] = None, tracking_uri: Optional[str] = None,
              mode: Optional[str] = None) -> list[BestRun]:
-    """The ``k`` best finished trials, best first (a per_task sweep: its schedule alone, `_schedule`).
+    """The ``k`` best finished trials, best first (a per_task or chf sweep: its schedule alone, `_schedule`).
 
     ``metric`` defaults to the sweep's objective (tag ``clsweep.metric`` of its newest parent run)
     and ``mode`` to the sweep's mode for that metric, else ``min`` for forgetting, intransigence and
@@ -88,7 +89,7 @@ def top_runs(sweep_name: str, k: int = 5, metric: Optional[str] = None, tracking
                                  f"{', '.join(names) or 'none'}); pass tracking_uri= or set MLFLOW_TRACKING_URI "
                                  f"to read another store")
     metric, mode, parent = _objective(client, experiment.experiment_id, metric, mode)
-    if parent.get(T.PROTOCOL_TAG) == "per_task":
+    if issubclass(PROTOCOLS.get(parent.get(T.PROTOCOL_TAG), EndOfTraining), Rounds):  # per_task, chf: a schedule
         return [_schedule(client, experiment.experiment_id, sweep_name, uri)]
     order = "DESC" if mode == "max" else "ASC"
     runs = client.search_runs([experiment.experiment_id],
@@ -117,14 +118,14 @@ def _evaluated(config: ExperimentConfig, parent_tags: dict) -> ExperimentConfig:
 
 
 def _schedule(client, experiment_id: str, sweep_name: str, uri: str) -> BestRun:
-    """A per_task sweep's choice: no one trial but the schedule of the values each round kept, the
+    """A per_task or chf sweep's choice: no one trial but the schedule of the values each round kept, the
     parent run's ``best_config.yaml`` (its ``schedule:``), with the parent's metrics (``evaluation_*``:
     the schedule trained on fresh seeds)."""
     parent = client.search_runs([experiment_id], f"tags.`{T.KIND_TAG}` = 'sweep'", max_results=1,
                                 order_by=["attributes.start_time DESC"])[0]
     metric = f"evaluation_{parent.data.tags[T.METRIC_TAG]}"
     if metric not in parent.data.metrics:
-        raise SweepNotFoundError(f"per_task sweep {sweep_name!r} in {uri} has no schedule evaluated yet (has the "
+        raise SweepNotFoundError(f"sweep {sweep_name!r} in {uri} has no schedule evaluated yet (has the "
                                  f"sweep run to the end? `clsweep status` tells)")
     with tempfile.TemporaryDirectory(prefix="clsweep-") as tmp:
         config = ExperimentConfig.from_yaml(Path(client.download_artifacts(parent.info.run_id, "best_config.yaml", tmp)))

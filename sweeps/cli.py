@@ -238,6 +238,7 @@ def format_trials(state) -> str:
 
 def format_summary(state, table: bool = True) -> str:
     """Counts, the best trial (config, accuracy matrices, where its results are), what to run next."""
+    from sweeps.spec import Rounds
     from sweeps.storage import BEST_CONFIG_FILE, Outcome, folder_bytes
 
     spec, metric = state.spec, state.spec.objective.metric
@@ -255,7 +256,7 @@ def format_summary(state, table: bool = True) -> str:
                      f"checkpoint, --restart-errored reruns them from scratch")
     best = state.best()
     rejected = sum(t.outcome == Outcome.REJECTED for t in state.trials)
-    if state.rounds or state.schedule or spec.protocol.name == "per_task":
+    if isinstance(spec.protocol, Rounds):
         return "\n".join(lines[:1] + _rounds(state) + [
             f"storage: {state.path}, {folder_bytes(state.path) / 1e6:.1f} MB   (clsweep status {state.path})"])
     lines += _reference(state.reference)
@@ -287,7 +288,7 @@ def format_summary(state, table: bool = True) -> str:
 
 
 def _rounds(state) -> list[str]:
-    """per_task: each round's trials and the one it kept (the schedule), then the schedule's evaluation."""
+    """per_task, chf: each round's trials and the one it kept (the schedule), then the schedule's evaluation."""
     from sweeps.storage import BEST_CONFIG_FILE, Outcome
 
     spec, metric = state.spec, state.spec.objective.metric
