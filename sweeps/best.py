@@ -89,8 +89,9 @@ def top_runs(sweep_name: str, k: int = 5, metric: Optional[str] = None, tracking
                                  f"{', '.join(names) or 'none'}); pass tracking_uri= or set MLFLOW_TRACKING_URI "
                                  f"to read another store")
     metric, mode, parent = _objective(client, experiment.experiment_id, metric, mode)
-    if issubclass(PROTOCOLS.get(parent.get(T.PROTOCOL_TAG), EndOfTraining), Rounds):  # per_task, chf: a schedule
-        return [_schedule(client, experiment.experiment_id, sweep_name, uri)]
+    tags = parent.data.tags if parent else {}
+    if issubclass(PROTOCOLS.get(tags.get(T.PROTOCOL_TAG), EndOfTraining), Rounds):  # per_task, chf: a schedule
+        return [_schedule(client, parent, sweep_name, uri)]
     order = "DESC" if mode == "max" else "ASC"
     runs = client.search_runs([experiment.experiment_id],
                               f"tags.`{T.KIND_TAG}` = 'trial' and tags.`{T.STATUS_TAG}` = '{T.FINISHED}'",
@@ -101,7 +102,7 @@ def top_runs(sweep_name: str, k: int = 5, metric: Optional[str] = None, tracking
         raise SweepNotFoundError(f"sweep {sweep_name!r} in {uri} has no finished trial with metric {metric!r} "
                                  f"(has the sweep run to the end? `clsweep status` tells; if its results are only in "
                                  f"Ray storage, `clsweep sync PATH` uploads them)")
-    return [BestRun(_evaluated(_config(client, r.info.run_id), parent), dict(r.data.metrics), r.info.run_id,
+    return [BestRun(_evaluated(_config(client, r.info.run_id), tags), dict(r.data.metrics), r.info.run_id,
                     r.data.tags[T.TRIAL_ID_TAG], metric, mode) for r in runs]
 
 
@@ -117,12 +118,10 @@ def _evaluated(config: ExperimentConfig, parent_tags: dict) -> ExperimentConfig:
     return config
 
 
-def _schedule(client, experiment_id: str, sweep_name: str, uri: str) -> BestRun:
+def _schedule(client, parent, sweep_name: str, uri: str) -> BestRun:
     """A per_task or chf sweep's choice: no one trial but the schedule of the values each round kept, the
     parent run's ``best_config.yaml`` (its ``schedule:``), with the parent's metrics (``evaluation_*``:
     the schedule trained on fresh seeds)."""
-    parent = client.search_runs([experiment_id], f"tags.`{T.KIND_TAG}` = 'sweep'", max_results=1,
-                                order_by=["attributes.start_time DESC"])[0]
     metric = f"evaluation_{parent.data.tags[T.METRIC_TAG]}"
     if metric not in parent.data.metrics:
         raise SweepNotFoundError(f"sweep {sweep_name!r} in {uri} has no schedule evaluated yet (has the "
@@ -132,7 +131,8 @@ def _schedule(client, experiment_id: str, sweep_name: str, uri: str) -> BestRun:
     return BestRun(config, dict(parent.data.metrics), parent.info.run_id, "schedule", metric, "max")
 
 
-def _objective(client, experiment_id: str, metric: Optional[str], mode: Optional[str]) -> tuple[str, str, dict]:
+def _objective(client, experiment_id: str, metric: Optional[str], mode: Optional[str]):
+    """The metric and mode to rank by, and the sweep's newest parent run (None: none; it names both)."""
     parents = client.search_runs([experiment_id], f"tags.`{T.KIND_TAG}` = 'sweep'", max_results=1,
                                  order_by=["attributes.start_time DESC"])
     tags = parents[0].data.tags if parents else {}
@@ -145,7 +145,7 @@ def _objective(client, experiment_id: str, metric: Optional[str], mode: Optional
             "min" if metric.endswith(LOWER_IS_BETTER) else "max")
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-    return metric, mode, tags
+    return metric, mode, (parents[0] if parents else None)
 
 
 def _config(client, run_id: str) -> ExperimentConfig:

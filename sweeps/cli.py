@@ -309,7 +309,7 @@ def _rounds(state) -> list[str]:
     config_file = state.path / BEST_CONFIG_FILE
     if config_file.exists():
         lines.append(f"  schedule: {config_file}   (clsweep train {config_file} trains it again)")
-    elif len(state.schedule) < spec.n_tasks:
+    elif not state.schedule_complete:
         lines.append(f"the schedule is not complete: continue with   clsweep resume {state.path}")
     return lines
 

@@ -31,7 +31,7 @@ from typing import Optional
 import yaml
 
 from clcore.config import ConfigError
-from sweeps.spec import PROTOCOLS, Rounds, SweepSpec, load_spec
+from sweeps.spec import PROTOCOLS, Chf, Rounds, SweepSpec, load_spec
 
 TOKEN = re.compile(r"^(end_of_training|prefix:(\d+)(:rest)?|two_phase:([a-z_]+)=([^,:=]+)|per_task(:seen)?|"
                    r"chf:([0-9.eE+-]+))$")
@@ -72,13 +72,13 @@ def plan(path: str | Path, tokens: list[str], seeds: int, overrides: Optional[li
         raise ConfigError("--seeds", f"got {seeds}", "an integer >= 1 (the fresh seeds each protocol's choice trains on)")
     if len(set(tokens)) < len(tokens) or not tokens:
         raise ConfigError("--protocols", f"got {','.join(tokens)!r}", f"distinct protocols among: {TOKENS}")
-    name = load_spec(path, overrides).name
+    file = load_spec(path, overrides)
     out = []
     for token in tokens:
         section = protocol_section(token, seeds)
-        rounds = _rounds_overrides(section, load_spec(path, overrides))
+        rounds = _rounds_overrides(section, file)
         try:
-            spec = load_spec(path, [*(overrides or []), f"name={protocol_sweep_name(name, token)}",
+            spec = load_spec(path, [*(overrides or []), f"name={protocol_sweep_name(file.name, token)}",
                                     f"protocol={json.dumps(section)}", *rounds])
         except ConfigError as error:
             raise ConfigError("--protocols", f"{token}: {error}") from None
@@ -90,10 +90,10 @@ def _rounds_overrides(section: dict, spec: SweepSpec) -> list[str]:
     """What a per_task or chf sweep changes in the file besides its protocol: each round is ranked by the
     protocol's metric and its trials train one task (no scheduler); chf searches nothing itself, and
     takes its lr grid from ``search.train.lr``: its values, or `CHF_LR_POINTS` log-spaced over its range."""
-    if section["name"] not in ("per_task", "chf"):
+    if not issubclass(PROTOCOLS[section["name"]], Rounds):
         return []
     out = ["scheduler=fifo"]
-    if section["name"] == "chf":
+    if issubclass(PROTOCOLS[section["name"]], Chf):
         lr = spec.search.get("train.lr")
         if lr is None:
             raise ConfigError("--protocols", "chf tunes train.lr by fine-tuning on a grid it takes from the file's "
@@ -142,7 +142,7 @@ def run_compare(path: str | Path, tokens: list[str], seeds: int = 3, overrides: 
             folder = spec.experiment_path
             tracking = tracking_for(spec) if tracking_for else None
             state = load_sweep(folder) if (folder / SUMMARY_FILE).exists() else None
-            if state is not None and _finished(state):
+            if state is not None and state.finished:
                 states[token] = state
             elif (folder / SPEC_FILE).exists():
                 states[token] = runner.resume_sweep(folder, tracking=tracking)
@@ -159,12 +159,6 @@ def run_compare(path: str | Path, tokens: list[str], seeds: int = 3, overrides: 
 
             log_to_parent(state.path, files)
     return rows, out
-
-
-def _finished(state) -> bool:
-    """Every trial of every phase ended; a per_task or chf sweep has its whole schedule."""
-    ended = all(t.outcome.ended for phase in (state, *state.rounds) for t in phase.trials)
-    return ended and (not isinstance(state.spec.protocol, Rounds) or len(state.schedule) == state.spec.n_tasks)
 
 
 def _chosen(state) -> Optional[dict]:

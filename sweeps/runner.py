@@ -373,7 +373,7 @@ def _fit_rounds(spec: SweepSpec, path: Path, tracking: Tracking, raw, verbose: i
         schedule.append({"task": task, **entry})
         write_schedule(path, schedule)
     state = load_sweep(path)
-    if len(state.schedule) == spec.n_tasks:
+    if state.schedule_complete:
         _evaluate_schedule(spec, state, raw, verbose)
         state = load_sweep(path)
     return _finish(spec, state, path, tracking, started)

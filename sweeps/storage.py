@@ -194,13 +194,26 @@ class SweepState:
     plasticity: list["SweepState"] = field(default_factory=list)  # chf: round t's maximal plasticity search
     schedule: list[dict] = field(default_factory=list)  # per_task, chf: ``schedule.json``, the finished rounds
 
+    @property
+    def schedule_complete(self) -> bool:
+        """per_task, chf: every round has kept its trial (``schedule.json`` names every task)."""
+        return len(self.schedule) == self.spec.n_tasks
+
+    @property
+    def finished(self) -> bool:
+        """Every trial of every phase (a round protocol's: every round's) ended, and a round protocol has
+        its whole schedule: a sweep `clsweep compare` reads back as it is and MLflow closes as FINISHED."""
+        trials = [t for phase in (self, *self.rounds) for t in phase.trials]
+        return bool(trials) and all(t.outcome.ended for t in trials) and (
+            not isinstance(self.spec.protocol, Rounds) or self.schedule_complete)
+
     def chosen_config(self) -> Optional[ExperimentConfig]:
         """What the sweep selected, as it is to be trained (``best_config.yaml``): the best trial's config,
         or with a protocol that evaluates elsewhere (``prefix``, ``two_phase``) its evaluation config on the
         first evaluation seed (that run again); with ``per_task`` or ``chf`` the schedule on that seed,
         once every round has finished."""
         if isinstance(self.spec.protocol, Rounds):
-            if len(self.schedule) < self.spec.n_tasks:
+            if not self.schedule_complete:
                 return None
             return self.spec.schedule_config([entry["values"] for entry in self.schedule],
                                              self.spec.evaluation_seeds[0])

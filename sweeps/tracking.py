@@ -332,9 +332,7 @@ class SweepTracker:
         for trial_id in runs.keys() - {t.trial_id for t, _ in searched}:
             self.close_orphan(runs[trial_id])
         best = self.summarize(state, run_ids)
-        ended = bool(searched) and all(t.outcome.ended for t, _ in searched) and (
-            not state.rounds or state.chosen_config() is not None)
-        self.store.client.set_terminated(self.parent.info.run_id, "FINISHED" if ended else "KILLED")
+        self.store.client.set_terminated(self.parent.info.run_id, "FINISHED" if state.finished else "KILLED")
         return SyncReport(self.identity.tracking_uri, self.store.experiment_id, self.parent.info.run_id, run_ids,
                           best.trial_id if best else None)
 

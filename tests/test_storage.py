@@ -150,3 +150,29 @@ def test_the_summary_warns_when_the_best_trial_learned_a_task_only_to_near_chanc
     assert "val forgetting 0.0100, accuracy on the task just learned 0.9900, lowest right after learning 0.5500 " \
            "(task 1: 0.5500, chance 0.5000)" in out
     assert "warning: the best trial learned task 1 only to 0.5500 (chance 0.5000): it may have stopped learning" in out
+
+
+def test_a_sweep_is_finished_once_every_trial_ended_and_a_round_protocol_has_its_whole_schedule(tmp_path):
+    """`SweepState.finished`: the one rule `clsweep compare` (read back, not resumed) and MLflow (the parent
+    closed FINISHED, not KILLED) both read."""
+    from sweeps.storage import SweepState, TrialRecord
+
+    def trial(trial_id, status, tasks):
+        return TrialRecord(trial_id, status, {}, [task_row(trial_id, k, 0.5) for k in range(1, tasks + 1)],
+                           str(tmp_path / trial_id), n_tasks=5)
+
+    spec = SweepSpec.from_dict(small())
+    assert not SweepState(spec, tmp_path).finished  # no trial yet
+    assert not SweepState(spec, tmp_path, [trial("a", "TERMINATED", 5), trial("b", "RUNNING", 2)]).finished
+    assert SweepState(spec, tmp_path, [trial("a", "TERMINATED", 5), trial("b", "TERMINATED", 2)]).finished
+
+    rounds = SweepSpec.from_dict({**small(), "protocol": {"name": "per_task"}, "scheduler": {"name": "fifo"},
+                                  "objective": {"metric": "val_accuracy_current_task", "mode": "max"}})
+    played = [SweepState(rounds, tmp_path, [trial(f"r{t}", "TERMINATED", t + 1)]) for t in range(5)]
+    schedule = [{"task": t, "trial_id": f"r{t}", "value": 0.5, "values": {"train.lr": 0.1}} for t in range(5)]
+    assert not SweepState(rounds, tmp_path, rounds=played, schedule=schedule[:4]).finished  # round 4 kept nothing
+    assert not SweepState(rounds, tmp_path, rounds=played[:4], schedule=schedule[:4]).schedule_complete
+    done = SweepState(rounds, tmp_path, rounds=played, schedule=schedule)
+    assert done.schedule_complete and done.finished
+    played[2].trials.append(trial("r2b", "RUNNING", 1))  # a round trial still out: not finished
+    assert not done.finished
