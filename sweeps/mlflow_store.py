@@ -53,6 +53,9 @@ PROTOCOL_TAG, EVALUATION_RANGE_TAG = "clsweep.protocol", "clsweep.evaluation_tas
 # two_phase's: the target's values of the benchmark fields its search changed (JSON object)
 EVALUATION_BENCHMARK_TAG = "clsweep.evaluation_benchmark"
 NODE_ID_TAG, NODE_IP_TAG, NODE_IDS_TAG = "clsweep.node_id", "clsweep.node_ip", "clsweep.node_ids"
+# per_task and chf: the task of the round a trial ran in, and (chf) the round's phase: "plasticity" for its
+# fine-tuning lr search, "stability" for its lambda decay (task 0's lr search has neither: no penalty acts)
+ROUND_TAG, ROUND_PHASE_TAG = "clsweep.round", "clsweep.round_phase"
 
 # clsweep.status words (`sweeps.storage.Outcome.tag`), and clsweep.status -> MLflow run status.
 FINISHED, REJECTED, STOPPED_EARLY, FAILED, RUNNING = (o.tag for o in (
@@ -286,14 +289,15 @@ def node_tags(rows: list[dict], known: str = "") -> dict[str, str]:
 def trial_run_name(config: ExperimentConfig, search_keys: tuple[str, ...] | list[str], status: str = RUNNING,
                    tasks_seen: int = 0) -> str:
     """A trial run's name in the MLflow UI: its searched values, ``lambda=6.98e4 lr=3.5e-4`` (a key by
-    its last part, unless two searched keys share it; ``trial`` when nothing is searched), led by how
+    its last part, unless two searched keys share it; a key the config lacks, such as chf's lambda on its
+    naive fine-tuning runs, left out; ``trial`` when nothing is searched), led by how
     it ended when that was short of its last task: ``stopped 2/5 · lambda=6.98e4``, ``failed 0/5 · ...``
     (first, so that the runs table's narrow name column shows it), so the three endings tell apart at
     a glance."""
     last = [k.rsplit(".", 1)[-1] for k in search_keys]
     values = config.flat()
     name = " ".join(f"{short if last.count(short) == 1 else key}={_short_number(values[key])}"
-                    for key, short in zip(search_keys, last)) or "trial"
+                    for key, short in zip(search_keys, last) if key in values) or "trial"
     ending = {STOPPED_EARLY: "stopped", FAILED: "failed", REJECTED: "rejected"}.get(status)
     return f"{ending} {tasks_seen}/{config.benchmark.n_tasks} · {name}" if ending else name
 

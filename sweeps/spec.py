@@ -553,6 +553,9 @@ class Chf(Rounds):
     decay: _kind(float, gt=0, lt=1) = 0.5
     attempts: _kind(int, ge=1) = 10
 
+    # what chf chooses per round: lr* by fine-tuning, then the strength at it
+    chosen: ClassVar[tuple[str, ...]] = ("train.lr", STRENGTH)
+
     def strengths(self) -> list[float]:
         """The stability decay's strengths, in the order they are tried (each the one before times
         ``decay``, as FACIL multiplies: 1e4, 1e3, 100.0, not 100.00000000000001)."""

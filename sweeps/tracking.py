@@ -16,12 +16,16 @@ What a sweep leaves in MLflow::
         |                                   with a prefix protocol evaluation_<metric>[_std] over its seeds
         |                         artifacts sweep.yaml (the resolved sweep file), best_config.yaml,
         |                                   plots/accuracy_vs_lambda.png, plots/accuracy_forgetting_pareto.png,
-        |                                   plots/learning_curves.png, reference.json (with a reference)
+        |                                   plots/learning_curves.png, reference.json (with a reference),
+        |                                   schedule.json (per_task, chf: the values each round kept)
         +- run "lambda=.. lr=.."  tags  mlflow.parentRunId, clsweep.kind=trial, clsweep.trial_id,
                                         clsweep.status (+ clsweep.failure_reason), clsweep.tasks_seen,
                                         clsweep.node_id, clsweep.node_ip (the Ray node of its latest task),
                                         clsweep.node_ids (every node it ran on, in order: a retry after a
-                                        lost node or a resume may move it)
+                                        lost node or a resume may move it); per_task and chf:
+                                        clsweep.round (the task of its round), chf's
+                                        clsweep.round_phase (plasticity: its fine-tuning lr search;
+                                        stability: its lambda decay)
                                   params    every config field, flat: strategy.lambda, train.lr, ...
                                   metrics   everything the trial reports, step = tasks seen;
                                             final_{val,test}_{average_accuracy,forgetting,bwt,fwt,intransigence}
@@ -83,11 +87,23 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from sweeps.mlflow_store import (BEST_RUN_TAG, BEST_TRIAL_TAG, CONFIG_ARTIFACT, FAILURE_CAUSE_TAG, FAILURE_TAG,
                                  FINISHED, KIND_TAG, EVALUATION_BENCHMARK_TAG, EVALUATION_RANGE_TAG, METRIC_TAG, MODE_TAG, ORPHANED, PROTOCOL_TAG,
-                                 REJECTED, REJECTED_TAG, RUNNING, STATE_FILE, STATUS_TAG,
+                                 REJECTED, REJECTED_TAG, ROUND_PHASE_TAG, ROUND_TAG, RUNNING, STATE_FILE, STATUS_TAG,
                                  STEP_METRIC, SWEEP_ID_TAG, Store, TASKS_SEEN_TAG, TRIAL_ID_TAG, _matrix_files,
                                  _param_value, check_reachable, experiment_url, final_metrics, log, node_tags,
                                  resolve_tracking_uri, trial_metrics, trial_run_name)
 from sweeps.trial_logging import (TrackingSettings, TrialLogger, open_trial_run)
+
+
+def _phases(state: "SweepState") -> list[tuple["SweepState", dict]]:
+    """The phases whose trials are the sweep's trial runs, each with the tags its runs carry: the sweep
+    itself, or a round protocol's rounds (chf's: its fine-tuning lr search, then its lambda decay)."""
+    out = [(state, {})]
+    for task, runs in enumerate(state.rounds):
+        plastic = next((p for p in state.plasticity if Path(p.path).parent == Path(runs.path)), None)
+        if plastic is not None:
+            out.append((plastic, {ROUND_TAG: task, ROUND_PHASE_TAG: "plasticity"}))
+        out.append((runs, {ROUND_TAG: task, **({ROUND_PHASE_TAG: "stability"} if plastic is not None else {})}))
+    return out
 
 
 @dataclass
@@ -180,8 +196,11 @@ class SweepTracker:
 
     @property
     def search_keys(self) -> tuple[str, ...]:
-        """The searched config fields: they name the trial runs (`trial_run_name`)."""
-        return tuple(self.spec.search)
+        """The searched config fields: they name the trial runs (`trial_run_name`); chf searches none
+        itself, and its runs are named by the two it chooses each round (`Chf.chosen`)."""
+        from sweeps.spec import Chf
+
+        return Chf.chosen if isinstance(self.spec.protocol, Chf) else tuple(self.spec.search)
 
     def connect(self, running: bool = False) -> None:
         """Open the store and find (resume, sync) or create the parent run, marked RUNNING when
@@ -231,8 +250,9 @@ class SweepTracker:
                                 self.search_keys)
 
     # -------------------------------------------------------------- trials
-    def upload_trial(self, trial: "TrialRecord", config: ExperimentConfig, run=None) -> str:
-        """Everything of ``trial`` the store does not have yet: run, params, steps, status, artifacts."""
+    def upload_trial(self, trial: "TrialRecord", config: ExperimentConfig, run=None, tags: Optional[dict] = None) -> str:
+        """Everything of ``trial`` the store does not have yet: run, params, steps, status, artifacts (and
+        ``tags``: a round trial's round, `_phases`)."""
         store = self.store
         run = open_trial_run(store, self.identity.sweep_id, self.parent.info.run_id, trial.trial_id, config,
                              self.search_keys, run)
@@ -240,7 +260,7 @@ class SweepTracker:
         store.log_steps(run.info.run_id, {int(r[STEP_METRIC]): trial_metrics(r) for r in trial.history
                                           if STEP_METRIC in r and int(r[STEP_METRIC]) not in logged})
         # Ray storage has every task, in order: its node tags replace what live logging managed to write
-        store.log_tags(run, node_tags(trial.history))
+        store.log_tags(run, {**node_tags(trial.history), **(tags or {})})
         self.close_trial(trial, config, run)
         return run.info.run_id
 
@@ -326,10 +346,10 @@ class SweepTracker:
     def upload(self, state: "SweepState") -> "SyncReport":
         """Every trial's missing pieces, then the summary and the status of the parent run."""
         runs = self.store.trial_runs(self.identity.sweep_id)
-        searched = [(t, phase) for phase in (state, *state.rounds) for t in phase.trials]  # per_task: its rounds'
-        run_ids = {t.trial_id: self.upload_trial(t, phase.trial_config(t), runs.get(t.trial_id))
-                   for t, phase in searched if t.history or t.trial_id in runs}
-        for trial_id in runs.keys() - {t.trial_id for t, _ in searched}:
+        searched = [(t, phase, tags) for phase, tags in _phases(state) for t in phase.trials]
+        run_ids = {t.trial_id: self.upload_trial(t, phase.trial_config(t), runs.get(t.trial_id), tags)
+                   for t, phase, tags in searched if t.history or t.trial_id in runs}
+        for trial_id in runs.keys() - {t.trial_id for t, _, _ in searched}:
             self.close_orphan(runs[trial_id])
         best = self.summarize(state, run_ids)
         self.store.client.set_terminated(self.parent.info.run_id, "FINISHED" if state.finished else "KILLED")

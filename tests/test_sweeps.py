@@ -516,8 +516,8 @@ def test_the_per_task_protocol_keeps_one_model_per_round_and_its_schedule_retrai
     assert parent.data.metrics["evaluation_test_average_accuracy"] == pytest.approx(
         summary["evaluation"]["metrics"]["test_average_accuracy"]["mean"])
     trial_runs = client.search_runs([experiment], "tags.`clsweep.kind` = 'trial'")
-    assert sorted(r.data.tags["clsweep.trial_id"] for r in trial_runs) == sorted(
-        t.trial_id for runs in state.rounds for t in runs.trials)
+    assert sorted((r.data.tags["clsweep.round"], r.data.tags["clsweep.trial_id"]) for r in trial_runs) == sorted(
+        (str(task), t.trial_id) for task, runs in enumerate(state.rounds) for t in runs.trials)
     assert {r.data.tags["clsweep.status"] for r in trial_runs} == {"finished"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trial_runs)
     assert best_config("per_task", tracking_uri=uri) == chosen
@@ -541,7 +541,10 @@ def test_chf_searches_the_lr_by_fine_tuning_then_decays_lambda_until_within_the_
     """De Lange et al.'s CHF, small: task 0 is the strategy's own lr search; on task 1 fine-tuning from the
     kept model finds A* and lr*, then lambda decays from 1e4 by 0.1 at lr*, and the first attempt within
     0.5% of A* is kept (every stronger one failed). The schedule retrains the evaluation run exactly."""
+    import mlflow
+
     from sweeps.storage import PLASTICITY_DIR
+    from sweeps.tracking import MLflowTracking
 
     spec = SweepSpec.from_dict(sweep(
         tmp_path, "chf", search={}, objective={}, scheduler="fifo", resources={"cpu": 1.0},
@@ -549,7 +552,8 @@ def test_chf_searches_the_lr_by_fine_tuning_then_decays_lambda_until_within_the_
               "strategy": {"name": "ewc"}},
         protocol={"name": "chf", "lr": [0.003, 0.1], "start": 1.0e4, "decay": 0.1, "attempts": 4, "drop": 0.005,
                   "seeds": 1}))
-    state = run_sweep(spec, verbose=0)
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    state = run_sweep(spec, verbose=0, tracking=MLflowTracking(uri))
 
     first, second = state.schedule
     lrs = {t.params["train.lr"]: t for t in state.rounds[0].trials}
@@ -587,6 +591,22 @@ def test_chf_searches_the_lr_by_fine_tuning_then_decays_lambda_until_within_the_
     capsys.readouterr()
     assert main(["status", str(spec.experiment_path)]) == 0
     assert f"(fine-tuning {second['a_star']:.4f}; attempt {second['attempt'] + 1})" in capsys.readouterr().out
+
+    # MLflow: every trial of every phase is a nested run, tagged with its round and (task 1) its phase
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("chf").experiment_id
+    parent, = client.search_runs([experiment], "tags.`clsweep.kind` = 'sweep'")
+    assert parent.data.tags["clsweep.protocol"] == "chf" and parent.info.status == "FINISHED"
+    runs = {r.data.tags["clsweep.trial_id"]: r for r in client.search_runs([experiment], "tags.`clsweep.kind` = 'trial'")}
+    phases = {t.trial_id: ("0", None) for t in state.rounds[0].trials}
+    phases |= {t.trial_id: ("1", "plasticity") for t in plasticity.trials}
+    phases |= {t.trial_id: ("1", "stability") for t in state.rounds[1].trials if t.history}
+    assert {i: (r.data.tags["clsweep.round"], r.data.tags.get("clsweep.round_phase")) for i, r in runs.items()} == phases
+    assert {runs[t.trial_id].data.params["strategy.name"] for t in plasticity.trials} == {"naive"}
+    assert sorted(runs[t.trial_id].info.run_name for t in plasticity.trials) == ["lr=0.003", "lr=0.1"]
+    short = {1e4: "1e4", 1e3: "1e3", 100.0: "100", 10.0: "10"}[chosen]  # as the runs table shows lambda
+    assert runs[second["trial_id"]].info.run_name == f"lr={second['values']['train.lr']:g} lambda={short}"
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs.values())
 
 
 def test_chfs_stopper_ends_the_decay_once_the_first_to_pass_is_known():
