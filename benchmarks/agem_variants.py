@@ -1,7 +1,8 @@
-"""Why A-GEM's RWalk row reproduces below the paper: single runs of the 17-task config with one protocol
+"""Why A-GEM's rows reproduce below the paper: single runs of a row's 17-task config with one protocol
 detail changed at a time (docs/results.md, the row's note).
 
-    python benchmarks/agem_variants.py [--seed 1] [--data-dir DIR]
+    python benchmarks/agem_variants.py [--row agem_rwalk_permuted_mnist | agem_ewc_permuted_mnist] [--seed 1]
+                                       [--only TEXT] [--data-dir DIR]
 
 Each line: test average accuracy, forgetting, the mean accuracy on a task right after learning it (R[k][k])
 and the first task's. "their init" re-initialises every Linear layer as the A-GEM code does (truncated
@@ -27,23 +28,36 @@ from clcore import metrics as M  # noqa: E402
 from clcore.config import ExperimentConfig  # noqa: E402
 from clcore.data import load_raw  # noqa: E402
 
-VARIANTS = [  # label, overrides ("naive": the strategy replaced), their initialisation
-    ("naive lr 0.1", "naive", False),
-    ("naive lr 0.1, their init", "naive", True),
-    ("rwalk lambda 1 (theirs)", {}, False),
-    ("rwalk lambda 1, their init", {}, True),
-    ("rwalk lambda 1, fisher_every 1", {"strategy.fisher_every": 1}, False),
-    ("rwalk lambda 3", {"strategy.lambda": 3.0}, False),
-    ("rwalk lambda 10", {"strategy.lambda": 10.0}, False),
-]
+VARIANTS = {  # per row: label, overrides ("naive": the strategy replaced), their initialisation
+    "agem_rwalk_permuted_mnist": [
+        ("naive lr 0.1", "naive", False),
+        ("naive lr 0.1, their init", "naive", True),
+        ("rwalk lambda 1 (theirs)", {}, False),
+        ("rwalk lambda 1, their init", {}, True),
+        ("rwalk lambda 1, fisher_every 1", {"strategy.fisher_every": 1}, False),
+        ("rwalk lambda 3", {"strategy.lambda": 3.0}, False),
+        ("rwalk lambda 10", {"strategy.lambda": 10.0}, False),
+        ("rwalk lambda 1, 55,000 images a task", {"benchmark.train_samples_per_task": 55000}, False),
+    ],
+    "agem_ewc_permuted_mnist": [
+        ("naive lr 0.03", "naive", False),
+        ("naive lr 0.03, their init", "naive", True),
+        ("ewc++ lambda 10 (theirs)", {}, False),
+        ("ewc++ lambda 10, their init", {}, True),
+        ("ewc++ lambda 1", {"strategy.lambda": 1.0}, False),
+        ("ewc++ lambda 10, 55,000 images a task", {"benchmark.train_samples_per_task": 55000}, False),
+    ],
+}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--row", choices=list(VARIANTS), default="agem_rwalk_permuted_mnist")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--only", default="", help="run the variants whose label holds this text")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
-    base = ExperimentConfig.from_yaml(ROOT / "configs" / "reproduce" / "agem_rwalk_permuted_mnist.yaml").with_overrides(
+    base = ExperimentConfig.from_yaml(ROOT / "configs" / "reproduce" / f"{args.row}.yaml").with_overrides(
         {"benchmark.data_dir": args.data_dir or default_data_dir(), "seed": args.seed, "benchmark.seed": args.seed})
     raw = load_raw(base.benchmark)
     build = clcore.train.build_model
@@ -57,7 +71,7 @@ def main() -> int:
                     torch.nn.init.constant_(m.bias, 0.1)
         return model
 
-    for label, overrides, init in VARIANTS:
+    for label, overrides, init in (v for v in VARIANTS[args.row] if args.only in v[0]):
         config = ExperimentConfig.from_dict({**base.to_dict(), "strategy": {"name": "naive"}}) \
             if overrides == "naive" else base.with_overrides(overrides)
         clcore.train.build_model = their_init if init else build
