@@ -191,7 +191,9 @@ class SweepState:
     reference: Optional[dict] = None  # ``reference.json`` (`reference_from`): a*_k per task, once trained
     evaluation: Optional["SweepState"] = None  # the protocol's evaluation runs of the chosen values
     rounds: list["SweepState"] = field(default_factory=list)  # per_task, chf: round t's runs, by task
-    plasticity: list["SweepState"] = field(default_factory=list)  # chf: round t's maximal plasticity search
+    # chf: plasticity[t], round t's maximal plasticity search (None in round 0, and in every per_task round);
+    # one longer than rounds while a round's search has run and its decay has not begun
+    plasticity: list[Optional["SweepState"]] = field(default_factory=list)
     schedule: list[dict] = field(default_factory=list)  # per_task, chf: ``schedule.json``, the finished rounds
 
     @property
@@ -228,7 +230,7 @@ class SweepState:
         """What the sweep trained, every phase together (the reference, the search, finalists,
         evaluation): ``task_trainings`` (tasks trained, summed over runs) and ``clcore_seconds`` (time
         inside clcore.run, summed over runs: CPU or GPU time of the trials, not wall time)."""
-        phases = [self, self.finalists, self.evaluation, *self.rounds, *self.plasticity]
+        phases = [self, self.finalists, self.evaluation, *self.rounds, *self.plasticity]  # (None: skipped)
         if (self.path / REFERENCE_DIR / SPEC_FILE).exists():
             phases.append(load_sweep(self.path / REFERENCE_DIR))
         runs = [t for phase in phases if phase is not None for t in phase.trials]
@@ -471,8 +473,9 @@ def load_sweep(path: str | Path, reference: Optional[dict] = None) -> SweepState
     rounds, plasticity = [], []
     for t in range(n_tasks) if isinstance(spec.protocol, Rounds) else ():
         folder = path / ROUNDS_DIR / round_dirname(t)
-        if (folder / PLASTICITY_DIR / SPEC_FILE).exists():
-            plasticity.append(load_sweep(folder / PLASTICITY_DIR))
+        plastic = (folder / PLASTICITY_DIR / SPEC_FILE).exists()
+        if plastic or (folder / SPEC_FILE).exists():  # round t's lr search, or None: one entry per round begun
+            plasticity.append(load_sweep(folder / PLASTICITY_DIR) if plastic else None)
         if not (folder / SPEC_FILE).exists():
             break
         rounds.append(load_sweep(folder))

@@ -98,11 +98,11 @@ def _phases(state: "SweepState") -> list[tuple["SweepState", dict]]:
     """The phases whose trials are the sweep's trial runs, each with the tags its runs carry: the sweep
     itself, or a round protocol's rounds (chf's: its fine-tuning lr search, then its lambda decay)."""
     out = [(state, {})]
-    for task, runs in enumerate(state.rounds):
-        plastic = next((p for p in state.plasticity if Path(p.path).parent == Path(runs.path)), None)
+    for task, plastic in enumerate(state.plasticity):  # one per round begun (`SweepState.plasticity`)
         if plastic is not None:
             out.append((plastic, {ROUND_TAG: task, ROUND_PHASE_TAG: "plasticity"}))
-        out.append((runs, {ROUND_TAG: task, **({ROUND_PHASE_TAG: "stability"} if plastic is not None else {})}))
+        if task < len(state.rounds):
+            out.append((state.rounds[task], {ROUND_TAG: task, **({ROUND_PHASE_TAG: "stability"} if plastic is not None else {})}))
     return out
 
 

@@ -560,7 +560,8 @@ def test_chf_searches_the_lr_by_fine_tuning_then_decays_lambda_until_within_the_
     assert sorted(lrs) == [0.003, 0.1] and first["trial_id"] == max(
         lrs.values(), key=lambda t: t.last["val_accuracy_current_task"]).trial_id
     assert first["values"] == {"train.lr": lrs[first["values"]["train.lr"]].params["train.lr"], "strategy.lambda": 1e4}
-    plasticity = state.plasticity[0]  # task 1: fine-tuning from the kept model, on each lr
+    assert state.plasticity[0] is None  # task 0: no penalty acts yet, no fine-tuning search
+    plasticity = state.plasticity[1]  # task 1: fine-tuning from the kept model, on each lr
     assert (Path(state.rounds[1].path) / PLASTICITY_DIR) == Path(plasticity.path)
     assert {plasticity.trial_config(t).strategy.name for t in plasticity.trials} == {"naive"}
     best_ft = max(plasticity.trials, key=lambda t: t.last["val_accuracy_current_task"])
